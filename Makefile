@@ -1,0 +1,57 @@
+# The README's two commands:  `make demo`  and  `make test`.
+# Both create .venv if it is missing and install what is needed; re-running rebuilds nothing that is up to date.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.megadfm-installed
+TOKENIZER := artifacts/tokenizer/qwen3
+
+# Keep every cache inside the repo's ignored .cache/ rather than the user's home.
+export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
+export HF_HOME := $(CURDIR)/.cache/hf
+export HF_DATASETS_CACHE := $(CURDIR)/.cache/hf/datasets
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export TRITON_CACHE_DIR := $(CURDIR)/.cache/triton
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export WANDB_DIR := $(CURDIR)/.cache/wandb
+export WANDB_CACHE_DIR := $(CURDIR)/.cache/wandb
+export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb
+export WANDB_MODE ?= offline
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install tokenizer demo test bench clean help
+
+help:
+	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
+	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make bench  - run the CPU benchmarks in bench/ (prints ratios against baselines)"
+
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: a bare torch requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+$(TOKENIZER)/tokenizer.json: $(STAMP) megadfm/data/qwen_tokenizer_build.py tools/build_qwen_tokenizer.py
+	$(PY) tools/build_qwen_tokenizer.py --out $(TOKENIZER) --cache-dir .cache/dl
+	@touch $@
+
+tokenizer: $(TOKENIZER)/tokenizer.json
+
+demo: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/demo.sh
+
+test: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests
+
+bench: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 bash bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) .cache artifacts runs

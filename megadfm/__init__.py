@@ -1,0 +1,3 @@
+"""megadfm: DeepSpeed pre-training of discrete flow-matching (masked-diffusion) Qwen3 models."""
+
+__version__ = "0.1.0"

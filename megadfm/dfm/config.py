@@ -1,0 +1,38 @@
+"""Configuration of the discrete flow-matching objective (DESIGN.md §3 conventions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megadfm.config_base import doc, require
+
+
+@dataclass
+class DFMConfig:
+    """Probability path, time sampling and loss. t = 0 is all-mask, t = 1 is clean data;
+    kappa(t) is the probability a token is clean and the mask ratio is r = 1 - kappa(t)."""
+
+    scheduler: Literal["polynomial", "linear", "cosine"] = doc("polynomial", "kappa(t): polynomial t^n, linear (n = 1) or cosine.")
+    scheduler_exponent: float = doc(1.0, "n of the polynomial scheduler kappa(t) = t^n.")
+    source: Literal["mask", "uniform", "mixture"] = doc("mask", "Source distribution at t = 0: all <|mask|>, uniform tokens, or a mixture.")
+    mixture_uniform_fraction: float = doc(0.0, "With source=mixture: fraction of corrupted tokens replaced by a uniform token instead of the mask.")
+    time_sampling: Literal["stratified", "uniform"] = doc(
+        "stratified", "Draw t per sequence uniformly, or stratified/antithetic across the global batch (lower variance).")
+    mask_ratio_eps: float = doc(1e-3, "Mask ratios are restricted to [eps, 1] (weights 1/r explode near r = 0).")
+    loss_weighting: Literal["kl", "coda", "none"] = doc(
+        "kl", "kl: kappa'(t)/(1-kappa(t)); coda: CoDA's 1/sigma preset; none: plain masked CE.")
+    loss_normalizer: Literal["tokens", "masked"] = doc("tokens", "Divide the weighted sum by all tokens B*L (CoDA, LLaDA) or by masked tokens.")
+    shift_logits: bool = doc(True, "Output at position i predicts token i+1 (reuses the AR head, as CoDA and Dream).")
+    prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix.")
+    truncate_suffix_prob: float = doc(0.0, "CoDA strategy: probability a sequence is truncated (suffix dropped from input and loss).")
+    block_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence is masked in contiguous blocks (marginal rate kept at r).")
+    block_mask_size: int = doc(8, "Length of a block for block masking.")
+
+    def __post_init__(self) -> None:
+        require(self.scheduler_exponent > 0, "scheduler_exponent", f"must be positive, got {self.scheduler_exponent}")
+        require(0 < self.mask_ratio_eps < 1, "mask_ratio_eps", f"must be in (0, 1), got {self.mask_ratio_eps}")
+        for name in ("mixture_uniform_fraction", "prefix_mask_prob", "truncate_suffix_prob", "block_mask_prob"):
+            v = getattr(self, name)
+            require(0.0 <= v <= 1.0, name, f"is a probability and must be in [0, 1], got {v}")
+        require(self.block_mask_size > 0, "block_mask_size", f"must be positive, got {self.block_mask_size}")

@@ -1,0 +1,70 @@
+"""Configuration of the Qwen3-DFM model (backbone shape, attention mode, time conditioning, kernels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from megadfm.config_base import doc, require
+
+QWEN3_VOCAB_SIZE = 151936
+"""Rows of Qwen3's embedding and LM head (the tokenizer's 151,669 entries padded)."""
+MASK_TOKEN_ID = 151669
+"""`<|mask|>`: the first id after the Qwen3 tokenizer's 151,669 entries (DESIGN.md §3)."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape and behaviour of the bidirectional Qwen3 + AdaLN(t) model.
+
+    Field names follow transformers' Qwen3Config where one exists, so a Qwen3 config.json
+    maps onto this one field for field (see megadfm/conversion).
+    """
+
+    vocab_size: int = doc(QWEN3_VOCAB_SIZE, "Rows of the embedding and LM head (Qwen3 pads its 151,669 tokens to 151,936).")
+    hidden_size: int = doc(64, "Width of the residual stream.")
+    intermediate_size: int = doc(192, "Width of the SwiGLU MLP.")
+    num_hidden_layers: int = doc(2, "Number of transformer blocks.")
+    num_attention_heads: int = doc(4, "Query heads.")
+    num_key_value_heads: int = doc(2, "Key/value heads (GQA); must divide num_attention_heads.")
+    head_dim: Optional[int] = doc(None, "Per-head width; null means hidden_size / num_attention_heads. Qwen3 sets it explicitly (128).")
+    max_position_embeddings: int = doc(4096, "Longest sequence the rotary table is built for; data.seq_len may not exceed it.")
+    rope_theta: float = doc(1000000.0, "Rotary base frequency (Qwen3: 1e6).")
+    rms_norm_eps: float = doc(1e-6, "Epsilon of every RMSNorm.")
+    tie_word_embeddings: bool = doc(True, "Share the embedding matrix with the LM head (Qwen3-0.6B/1.7B: true).")
+    attention_bias: bool = doc(False, "Bias on q/k/v/o projections (Qwen3: false).")
+    initializer_range: float = doc(0.02, "Std of the normal init for a model trained from scratch.")
+    attention_mode: Literal["bidirectional", "causal"] = doc(
+        "bidirectional", "bidirectional for DFM; causal reproduces the AR Qwen3 (parity tests, AR warm-up).")
+    time_conditioning: Literal["adaln", "adaln_single", "none"] = doc(
+        "adaln", "How t enters the model: per-layer AdaLN, one shared AdaLN projection plus per-layer offsets, or not at all.")
+    time_embedding_dim: int = doc(256, "Width of the sinusoidal embedding of t fed to the time MLP.")
+    kernels: Literal["auto", "torch", "fused"] = doc(
+        "auto", "Kernel backend: torch references, fused GPU kernels (error if unavailable), or auto (fused where importable, logged).")
+    activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (saves memory, costs ~30% compute).")
+    loss_chunk_size: int = doc(4096, "Tokens per chunk of the chunked linear cross-entropy (never materializes all logits).")
+    mask_token_id: int = doc(MASK_TOKEN_ID, "Id of <|mask|>; its logit is forced to -inf so it is never predicted.")
+    dtype: Literal["float32", "bfloat16"] = doc("float32", "Parameter/activation dtype (bf16 on GPU; fp32 on CPU and in tests).")
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings", "time_embedding_dim", "loss_chunk_size"):
+            require(getattr(self, name) > 0, name, f"must be a positive integer, got {getattr(self, name)}")
+        if self.head_dim is None:
+            require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+                    " (set head_dim explicitly to decouple them)")
+        else:
+            require(self.head_dim > 0, "head_dim", f"must be positive, got {self.head_dim}")
+        require(self.resolved_head_dim % 2 == 0, "head_dim", f"rotary needs an even head_dim, got {self.resolved_head_dim}")
+        require(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.num_key_value_heads}")
+        require(0 <= self.mask_token_id < self.vocab_size, "mask_token_id",
+                f"{self.mask_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        require(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+        require(self.rms_norm_eps > 0, "rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
+        require(self.time_embedding_dim % 2 == 0, "time_embedding_dim", f"must be even (sin and cos halves), got {self.time_embedding_dim}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads

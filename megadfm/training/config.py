@@ -1,0 +1,73 @@
+"""Configuration of optimisation, the DeepSpeed engine and checkpointing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Literal, Optional
+
+from megadfm.config_base import doc, require
+
+
+@dataclass
+class TrainingConfig:
+    """Optimiser, schedule, batch arithmetic and the DeepSpeed engine."""
+
+    output_dir: str = doc("runs/default", "Run directory: checkpoints, telemetry JSONL, W&B and the resolved config go here.")
+    train_steps: int = doc(200, "Optimizer steps to run.")
+    micro_batch_size: int = doc(4, "Sequences per rank per forward/backward.")
+    grad_accum_steps: int = doc(1, "Micro-batches accumulated per optimizer step.")
+    global_batch_size: Optional[int] = doc(
+        None, "Sequences per optimizer step; checked to equal micro_batch_size x grad_accum_steps x data-parallel size (null: derived).")
+    lr: float = doc(3e-4, "Peak learning rate.")
+    min_lr: float = doc(3e-5, "Final learning rate of the cosine/linear decay.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "Decay after warmup.")
+    warmup_steps: int = doc(20, "Linear warmup from 0 to lr.")
+    weight_decay: float = doc(0.1, "AdamW decoupled weight decay (not applied to norms, biases, embeddings).")
+    adam_beta1: float = doc(0.9, "AdamW beta1.")
+    adam_beta2: float = doc(0.95, "AdamW beta2.")
+    adam_eps: float = doc(1e-8, "AdamW epsilon.")
+    grad_clip: float = doc(1.0, "Clip the global gradient norm to this value (0 disables).")
+    time_conditioning_lr_mult: float = doc(1.0, "LR multiplier for the time-conditioning parameter group.")
+    seed: int = doc(1234, "Seed of model init, t sampling and masking (per rank offset added).")
+    zero_stage: int = doc(3, "DeepSpeed ZeRO stage 0-3.")
+    ds_config: str = doc("ds_configs/cpu_zero3.json", "DeepSpeed JSON config; batch sizes and optimizer fields are filled from this YAML.")
+    precision: Literal["fp32", "bf16"] = doc("fp32", "fp32 on CPU; bf16 on GPU.")
+    init_from: Optional[str] = doc(None, "null: from scratch; a folder made by tools/convert_hf_to_megadfm.py; or a megadfm checkpoint dir.")
+    log_interval: int = doc(10, "Optimizer steps between log lines / telemetry flushes.")
+    eval_interval: int = doc(100, "Optimizer steps between validation passes (0 disables).")
+    eval_batches: int = doc(4, "Batches per validation pass.")
+    nonfinite_policy: Literal["stop", "skip"] = doc("stop", "On NaN/Inf loss or grad norm: save the last good state and stop, or skip the step.")
+
+    def __post_init__(self) -> None:
+        for name in ("train_steps", "micro_batch_size", "grad_accum_steps", "log_interval"):
+            require(getattr(self, name) > 0, name, f"must be a positive integer, got {getattr(self, name)}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1",
+                f"betas must be in [0, 1), got ({self.adam_beta1}, {self.adam_beta2})")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(self.time_conditioning_lr_mult > 0, "time_conditioning_lr_mult", f"must be positive, got {self.time_conditioning_lr_mult}")
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(self.eval_interval >= 0, "eval_interval", f"must be >= 0, got {self.eval_interval}")
+        if self.global_batch_size is not None:
+            require(self.global_batch_size > 0, "global_batch_size", f"must be positive, got {self.global_batch_size}")
+
+
+@dataclass
+class CheckpointConfig:
+    """When and where checkpoints are written, how many are kept, how runs resume."""
+
+    save_interval: int = doc(100, "Optimizer steps between checkpoints (0: only at the end).")
+    keep_last: int = doc(2, "Keep the newest N complete checkpoints.")
+    keep_every: Optional[int] = doc(None, "Additionally keep every checkpoint whose step is a multiple of this.")
+    resume: bool = doc(True, "Resume from the newest complete checkpoint in output_dir/checkpoints if there is one.")
+    min_free_bytes: int = doc(0, "Refuse to save (cleanly) when the disk would have less than this free after the save.")
+
+    def __post_init__(self) -> None:
+        require(self.save_interval >= 0, "save_interval", f"must be >= 0, got {self.save_interval}")
+        require(self.keep_last >= 1, "keep_last", f"must be >= 1 (the latest checkpoint is always kept), got {self.keep_last}")
+        if self.keep_every is not None:
+            require(self.keep_every > 0, "keep_every", f"must be positive, got {self.keep_every}")
+        require(self.min_free_bytes >= 0, "min_free_bytes", f"must be >= 0, got {self.min_free_bytes}")

@@ -1,0 +1,75 @@
+"""Shared fixtures: the real Qwen3 tokenizer, real corpora, caches and network guard."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_DIR = os.path.join(REPO, "artifacts", "tokenizer", "qwen3")
+
+# Caches of every library the tests touch go under the repo's ignored .cache/, never ~/.cache.
+for var, sub in [("HF_HOME", "hf"), ("TORCH_EXTENSIONS_DIR", "torch_extensions"), ("TRITON_CACHE_DIR", "triton"),
+                 ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb"),
+                 ("WANDB_CONFIG_DIR", "wandb"), ("MPLCONFIGDIR", "matplotlib")]:
+    os.environ.setdefault(var, os.path.join(REPO, ".cache", sub))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> str:
+    """The real Qwen3 tokenizer folder; built offline (from the cached dashscope wheel) if missing."""
+    if not os.path.isfile(os.path.join(TOKENIZER_DIR, "tokenizer.json")):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_qwen_tokenizer.py"), "--out", TOKENIZER_DIR,
+                        "--cache-dir", os.path.join(REPO, ".cache", "dl")], check=True)
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(tokenizer_dir):
+    from megadfm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails loudly inside the test."""
+
+    def refuse(self, address, *args, **kwargs):
+        if isinstance(address, tuple):  # AF_INET/AF_INET6; unix sockets stay allowed
+            raise AssertionError(f"network access attempted: {address}")
+        return real_connect(self, address, *args, **kwargs)
+
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(AssertionError(f"network access attempted: {a}")))
+    yield
+
+
+def stdlib_python_files(limit: int | None = None, max_bytes: int = 200_000) -> list[str]:
+    """Real code corpus: the CPython standard library's .py files (sorted, tests excluded)."""
+    root = sysconfig.get_paths()["stdlib"]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("test", "tests", "idlelib", "site-packages", "__pycache__"))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if name.endswith(".py") and os.path.getsize(path) <= max_bytes:
+                out.append(path)
+                if limit is not None and len(out) >= limit:
+                    return out
+    return out
+
+
+@pytest.fixture(scope="session")
+def stdlib_files():
+    return stdlib_python_files()
