@@ -15,17 +15,23 @@ class DFMConfig:
 
     scheduler: Literal["polynomial", "linear", "cosine"] = doc("polynomial", "kappa(t): polynomial t^n, linear (n = 1) or cosine.")
     scheduler_exponent: float = doc(1.0, "n of the polynomial scheduler kappa(t) = t^n.")
-    source: Literal["mask", "uniform", "mixture"] = doc("mask", "Source distribution at t = 0: all <|mask|>, uniform tokens, or a mixture.")
+    source: Literal["mask", "uniform", "mixture"] = doc("mask", "Source distribution at t = 0: all <|mask|>, uniform real tokens [0, mask_token_id), or a mixture. "
+        "Non-mask sources score every maskable position (x1-prediction CE); the kl weight is exact for mask only.")
     mixture_uniform_fraction: float = doc(0.0, "With source=mixture: fraction of corrupted tokens replaced by a uniform token instead of the mask.")
     time_sampling: Literal["stratified", "uniform"] = doc(
-        "stratified", "Draw t per sequence uniformly, or stratified/antithetic across the global batch (lower variance).")
+        "stratified", "Draw t per sequence uniformly, or stratified across the global batch (one sample per stratum of [0, 1) "
+        "from a per-step seed shared by all ranks; lower variance).")
     mask_ratio_eps: float = doc(1e-3, "Mask ratios are restricted to [eps, 1] (weights 1/r explode near r = 0).")
     loss_weighting: Literal["kl", "coda", "none"] = doc(
-        "kl", "kl: kappa'(t)/(1-kappa(t)); coda: CoDA's 1/sigma preset; none: plain masked CE.")
-    loss_normalizer: Literal["tokens", "masked"] = doc("tokens", "Divide the weighted sum by all tokens B*L (CoDA, LLaDA) or by masked tokens.")
-    shift_logits: bool = doc(True, "Output at position i predicts token i+1 (reuses the AR head, as CoDA and Dream).")
-    prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix.")
-    truncate_suffix_prob: float = doc(0.0, "CoDA strategy: probability a sequence is truncated (suffix dropped from input and loss).")
+        "kl", "kl: kappa'(t)/(1-kappa(t)) (1/r for linear); coda: CoDA's preset, weight 1/r and sum divided by B*L "
+        "(all positions, padding included); none: plain masked CE. Formulas: megadfm/dfm/README.md.")
+    loss_normalizer: Literal["tokens", "masked"] = doc("tokens", "tokens: divide the weighted sum by the batch's real tokens (B*L for packed batches; CoDA, LLaDA); "
+        "masked: by the number of scored (masked) tokens.")
+    shift_logits: bool = doc(True, "Output at position i predicts token i+1 within its document (reuses the AR head, as CoDA and Dream); "
+        "the first token of each document is then never masked. One function applies it: megadfm/dfm/shift.py.")
+    prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix of length uniform in [1, n-1] (n real tokens).")
+    truncate_suffix_prob: float = doc(0.0, "CoDA strategy: probability a sequence (without a prefix) is cut at a point uniform in [1, n-1]; "
+        "the suffix becomes padding (own segment, out of the loss).")
     block_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence is masked in contiguous blocks (marginal rate kept at r).")
     block_mask_size: int = doc(8, "Length of a block for block masking.")
 
@@ -36,3 +42,5 @@ class DFMConfig:
             v = getattr(self, name)
             require(0.0 <= v <= 1.0, name, f"is a probability and must be in [0, 1], got {v}")
         require(self.block_mask_size > 0, "block_mask_size", f"must be positive, got {self.block_mask_size}")
+        require(self.loss_weighting != "coda" or self.loss_normalizer == "tokens", "loss_normalizer",
+                "the coda preset divides by B*L as CoDA does; it requires loss_normalizer: tokens")

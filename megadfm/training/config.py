@@ -32,6 +32,7 @@ class TrainingConfig:
     zero_stage: int = doc(3, "DeepSpeed ZeRO stage 0-3.")
     ds_config: str = doc("ds_configs/cpu_zero3.json", "DeepSpeed JSON config; batch sizes and optimizer fields are filled from this YAML.")
     precision: Literal["fp32", "bf16"] = doc("fp32", "fp32 on CPU; bf16 on GPU.")
+    zero_init: bool = doc(False, "With ZeRO-3, build the model under deepspeed.zero.Init so no rank ever holds all parameters.")
     init_from: Optional[str] = doc(None, "null: from scratch; a folder made by tools/convert_hf_to_megadfm.py; or a megadfm checkpoint dir.")
     log_interval: int = doc(10, "Optimizer steps between log lines / telemetry flushes.")
     eval_interval: int = doc(100, "Optimizer steps between validation passes (0 disables).")

@@ -1,0 +1,59 @@
+"""Lay out a batch of generation requests as one padded batch (batch contract of megadfm/data/batch.py).
+
+Row b is ``prompt_b + [mask] * max_new_tokens + suffix_b`` followed by right padding, one
+document per row. Prompts and suffixes may differ in length across rows; every row decodes the same
+number of new positions, so a per-row time t means the same thing in every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from megadfm.data.batch import batch_from_documents
+from megadfm.dfm.shift import predictable_positions, segment_starts
+
+
+@dataclass
+class GenerationLayout:
+    batch: Dict[str, torch.Tensor]  # input_ids hold the mask at every new position
+    generate: torch.Tensor  # bool [B, L]: the new positions
+    gen_start: torch.Tensor  # long [B]: column of the first new position
+    segment_start: torch.Tensor  # bool [B, L] from cu_seqlens (for the shift)
+    max_new_tokens: int
+
+
+def build_layout(prompts: Sequence[Sequence[int]], max_new_tokens: int, mask_token_id: int, pad_token_id: int,
+                 shift: bool, suffixes: Optional[Sequence[Sequence[int]]] = None,
+                 device: Optional[torch.device] = None) -> GenerationLayout:
+    """The padded batch for ``prompts`` (+ optional infill ``suffixes``), new positions masked."""
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    if suffixes is not None and len(suffixes) != len(prompts):
+        raise ValueError(f"{len(suffixes)} suffixes for {len(prompts)} prompts")
+    docs = []
+    for b, prompt in enumerate(prompts):
+        prompt = [int(x) for x in prompt]
+        if mask_token_id in prompt:
+            raise ValueError(f"prompt {b} contains the mask token {mask_token_id}")
+        if shift and not prompt:
+            raise ValueError(f"prompt {b} is empty: with shift_logits on the first token of a document cannot be "
+                             "predicted, so generation needs a prompt of at least one token (e.g. <|endoftext|> as BOS)")
+        suffix = [int(x) for x in suffixes[b]] if suffixes is not None else []
+        if mask_token_id in suffix:
+            raise ValueError(f"suffix {b} contains the mask token {mask_token_id}")
+        docs.append(prompt + [mask_token_id] * max_new_tokens + suffix)
+    batch = batch_from_documents(docs, pad_token_id=pad_token_id)
+    batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    bsz, seq_len = batch["input_ids"].shape
+    gen_start = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=batch["input_ids"].device)
+    cols = torch.arange(seq_len, device=gen_start.device)[None, :]
+    generate = (cols >= gen_start[:, None]) & (cols < gen_start[:, None] + max_new_tokens)
+    starts = segment_starts(batch["cu_seqlens"], bsz, seq_len)
+    if bool((generate & ~predictable_positions(starts, shift)).any()):
+        raise ValueError("a new position cannot be predicted under the shift convention")
+    return GenerationLayout(batch, generate, gen_start, starts, max_new_tokens)

@@ -1,0 +1,147 @@
+"""The DFM training objective (DESIGN.md §3 "Loss", FORMATS.md §4).
+
+    loss = sum_b w(t_b) * sum_{i scored in b} CE_i / normalizer
+
+CE_i = -log p_theta(x_1^i | x_t, t) at the scored positions (the masked ones for a mask source),
+computed through ``model.token_losses`` on the gathered hidden states only: full
+[B*L, vocab] logits are never built here. The hidden state that predicts position i is chosen by
+:func:`megadfm.dfm.shift.gather_predictions` (the one place that knows the shift convention).
+
+``loss_weighting``:
+
+- ``kl`` (default): w = kappa'(t) / (1 - kappa(t)), the generalized-KL weight of a mask source
+  (1/r for the linear scheduler).
+- ``coda``: CoDA's preset, reproduced exactly: w = 1/sigma with sigma = the mask ratio r, and the
+  sum divided by B*L, *all* positions of the batch tensor (CoDA divides by
+  ``input_ids.shape[0] * input_ids.shape[1]`` whether or not some are padding)::
+
+      loss = sum_{b, i} CE(logits[b, i-1], x_1[b, i]) * masked[b, i] / sigma_b  /  (B * L)
+
+  which is this module's formula with w = 1/r, shift on, normalizer B*L. (CoDA also masks the
+  first token of a row but can never score it; megadfm never masks it, see shift.py.)
+- ``none``: w = 1 (plain masked cross-entropy).
+
+``loss_normalizer``: ``tokens`` divides by the number of real tokens in the batch as given (B*L for
+packed pre-training batches; CoDA truncation does not change it, as in CoDA), ``masked`` by the
+number of scored positions. The preset ``coda`` requires ``tokens`` and then uses B*L.
+
+The unweighted sums and counts are always returned for telemetry (per-mask-ratio buckets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from megadfm.dfm.config import DFMConfig
+from megadfm.dfm.masking import draw_strategies
+from megadfm.dfm.path import corrupt, maskable_positions
+from megadfm.dfm.schedulers import Scheduler
+from megadfm.dfm.shift import gather_predictions, segment_starts
+
+DEFAULT_PAD_TOKEN_ID = 151643
+"""<|endoftext|>, megadfm's pad id (DataConfig.pad_token_id); used by CoDA truncation."""
+
+
+@dataclass
+class DFMLossOutput:
+    """Loss and per-sequence statistics of one micro-batch (docs/INTERFACES.md)."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    per_seq_weighted_sum: torch.Tensor  # [B] sum over scored positions of w(t) * CE (detached)
+    per_seq_unweighted_sum: torch.Tensor  # [B] sum over scored positions of CE (detached)
+    per_seq_masked_count: torch.Tensor  # [B] long: scored positions
+    t: torch.Tensor  # [B]
+    mask_ratio: torch.Tensor  # [B] r = 1 - kappa(t)
+    weight: torch.Tensor  # [B] w(t) as applied
+    normalizer: torch.Tensor  # scalar float: what the weighted total was divided by
+    x_t: torch.Tensor  # [B, L] the corrupted input fed to the model (debugging)
+    masked: torch.Tensor  # [B, L] bool: scored positions (debugging)
+    truncated_rows: torch.Tensor  # [B] bool: rows shortened by the CoDA truncation strategy
+
+
+def loss_weight(t: torch.Tensor, mask_ratio: torch.Tensor, cfg: DFMConfig, scheduler: Scheduler) -> torch.Tensor:
+    """w(t) [B] for ``cfg.loss_weighting`` (see the module docstring)."""
+    if cfg.loss_weighting == "kl":
+        return scheduler.weight(t)
+    if cfg.loss_weighting == "coda":
+        return 1.0 / mask_ratio
+    if cfg.loss_weighting == "none":
+        return torch.ones_like(t)
+    raise ValueError(f"dfm.loss_weighting: unknown weighting {cfg.loss_weighting!r}; expected kl, coda or none")
+
+
+def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.Tensor, scored: torch.Tensor,
+                        segment_start: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token CE [N] of the clean tokens at ``scored`` positions, and the row of each [N].
+
+    Shared by the training loss and evaluation so both apply the shift identically.
+    """
+    hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
+    row = target // x1.shape[1]
+    if target.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
+        return hidden_sel.new_zeros(0, dtype=torch.float32), row
+    ce = model.token_losses(hidden_sel, x1.reshape(-1).index_select(0, target))
+    return ce.float(), row
+
+
+def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Tensor, cfg: DFMConfig,
+             scheduler: Scheduler, generator: torch.Generator, *, mask_token_id: Optional[int] = None,
+             pad_token_id: int = DEFAULT_PAD_TOKEN_ID) -> DFMLossOutput:
+    """Corrupt ``batch`` at times ``t`` [B], run ``model`` and return the weighted masked CE.
+
+    ``model`` follows docs/INTERFACES.md (``model(input_ids, t=..., position_ids=..., cu_seqlens=...,
+    max_seqlen=...)`` and ``model.token_losses``). ``mask_token_id`` defaults to the model's
+    ``cfg.mask_token_id``. Optional batch key ``prompt_mask`` [B, L] marks tokens never masked.
+    All randomness comes from ``generator`` (on the batch's device).
+    """
+    x1_in = batch["input_ids"]
+    bsz, seq_len = x1_in.shape
+    if t.shape != (bsz,):
+        raise ValueError(f"t must have shape [B]={bsz}, got {tuple(t.shape)}")
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("t must lie in [0, 1] (0 = all masked, 1 = clean)")
+    if mask_token_id is None:
+        mask_token_id = int(model.cfg.mask_token_id)
+    tokens_given = batch["loss_mask"].sum()
+
+    draw = draw_strategies(batch, cfg, generator, pad_token_id)
+    work = draw.batch
+    x1 = work["input_ids"]
+    starts = segment_starts(work["cu_seqlens"], bsz, seq_len)
+    maskable = maskable_positions(work["loss_mask"], starts, cfg.shift_logits, work.get("prompt_mask"), draw.unmaskable_prefix)
+    mask_ratio = scheduler.mask_ratio(t.double()).to(torch.float32)
+    path = corrupt(x1, maskable, mask_ratio, cfg, generator, mask_token_id, draw.block_rows)
+
+    hidden = model(path.x_t, t=t, position_ids=work["position_ids"], cu_seqlens=work["cu_seqlens"],
+                   max_seqlen=work["max_seqlen"])
+    ce, row = scored_token_losses(model, hidden, x1, path.scored, starts, cfg.shift_logits)
+
+    weight = loss_weight(t.double(), mask_ratio.double(), cfg, scheduler).to(torch.float32)
+    unweighted = torch.zeros(bsz, dtype=torch.float32, device=x1.device).index_add(0, row, ce)
+    weighted = weight * unweighted
+    count = path.scored.sum(dim=1)
+    if cfg.loss_weighting == "coda":
+        normalizer = torch.tensor(float(bsz * seq_len), device=x1.device)
+    elif cfg.loss_normalizer == "tokens":
+        normalizer = tokens_given.to(torch.float32).clamp(min=1.0)
+    else:
+        normalizer = count.sum().to(torch.float32).clamp(min=1.0)
+    # hidden.sum() * 0 keeps every parameter in the graph when nothing is scored (a DDP/ZeRO
+    # backward must still visit them); it adds exactly zero otherwise.
+    loss = weighted.sum() / normalizer + hidden.sum() * 0.0
+    return DFMLossOutput(
+        loss=loss,
+        per_seq_weighted_sum=weighted.detach(),
+        per_seq_unweighted_sum=unweighted.detach(),
+        per_seq_masked_count=count,
+        t=t.detach(),
+        mask_ratio=mask_ratio,
+        weight=weight,
+        normalizer=normalizer,
+        x_t=path.x_t,
+        masked=path.scored,
+        truncated_rows=draw.truncated_rows,
+    )

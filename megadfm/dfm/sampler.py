@@ -1,0 +1,192 @@
+"""Generation with a DFM model: Euler solver and confidence-based unmasking (FORMATS.md §4).
+
+Both samplers integrate from t = 0 (every new position masked) to t = 1 (clean) and never touch a
+prompt or suffix position: only the new positions of :class:`~megadfm.dfm.layout.GenerationLayout`
+are ever written.
+
+**Euler** (``method: euler``), for a time grid 0 = t_0 < ... < t_S = 1: at step k the model
+predicts every still-masked position at time t_k, a token is drawn from its posterior, and each
+such position is unmasked with probability (kappa(t_{k+1}) - kappa(t_k)) / (1 - kappa(t_k)). That is
+the exact probability that a token masked at t_k is clean at t_{k+1} under the mask-source path
+(the first-order h kappa'/(1 - kappa) undershoots for large h); at the last step it is 1, so
+nothing stays masked. With a uniform/mixture source every new position jumps with that
+probability to a posterior draw.
+
+**Confidence** (``method: confidence``, mask source): each step draws a token at every masked
+position of the current block and keeps the k most confident (probability, margin or negative
+entropy), k chosen so that after step s a fraction r(t_{s+1}) of the block is still masked
+(deterministic counts on the same time grid). With ``block_length`` > 0 the new positions are
+decoded in semi-autoregressive blocks, left to right, ``steps // num_blocks`` steps each. The
+model receives t = t_for_mask_ratio(fraction of the row's new positions still masked), the time at
+which training would have produced that mask ratio.
+
+Logits come from :func:`megadfm.dfm.shift.gather_predictions`, the same function the loss uses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from megadfm.dfm.config import DFMConfig
+from megadfm.dfm.layout import GenerationLayout, build_layout
+from megadfm.dfm.logits_processing import confidence_scores, sample_from_logits
+from megadfm.dfm.sampler_config import SampleResult, SamplerConfig
+from megadfm.dfm.schedulers import Scheduler, make_scheduler
+from megadfm.dfm.shift import gather_predictions
+
+DEFAULT_PAD_TOKEN_ID = 151643
+
+
+def time_grid(steps: int, kind: str, scheduler: Scheduler) -> torch.Tensor:
+    """[steps + 1] float64 times from 0 to 1: uniform in t, or uniform in kappa (``scheduler``)."""
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "uniform":
+        return u
+    if kind == "scheduler":
+        grid = scheduler.t_for_kappa(u)
+        grid[0], grid[-1] = 0.0, 1.0
+        return grid
+    raise ValueError(f"unknown time_grid {kind!r}; expected uniform or scheduler")
+
+
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, layout: GenerationLayout,
+                   targets: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits [N, V] for the ``targets`` [B, L] positions of ``x`` at times ``t`` [B], and their flat indices."""
+    batch = layout.batch
+    hidden = model(x, t=t, position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"])
+    hidden_sel, target = gather_predictions(hidden, targets, layout.segment_start, shift)
+    logits = model.logits(hidden_sel).float()
+    # Ids above the mask are Qwen3's never-trained padding rows (DESIGN.md §3): never produce them.
+    logits[:, model.cfg.mask_token_id + 1:] = float("-inf")
+    return logits, target
+
+
+def _write(x: torch.Tensor, flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
+    x.view(-1).index_copy_(0, flat_index, tokens.to(x.dtype))
+
+
+def _euler(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Scheduler, mask_id: int,
+           generator: torch.Generator) -> int:
+    grid = time_grid(cfg.steps, cfg.time_grid, scheduler)
+    kappa = scheduler.kappa(grid)
+    bsz = x.shape[0]
+    evals = 0
+    for k in range(cfg.steps):
+        targets = layout.generate & (x == mask_id) if dfm.source == "mask" else layout.generate
+        if not bool(targets.any()):
+            break
+        t = torch.full((bsz,), float(grid[k]), dtype=torch.float32, device=x.device)
+        logits, target = predict_logits(model, x, t, layout, targets, dfm.shift_logits)
+        evals += 1
+        tokens, _ = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        if k == cfg.steps - 1:
+            jump = torch.ones_like(target, dtype=torch.bool)
+        else:
+            p_unmask = float((kappa[k + 1] - kappa[k]) / (1.0 - kappa[k]))
+            jump = torch.rand(target.shape, generator=generator, device=x.device) < p_unmask
+        _write(x, target[jump], tokens[jump])
+    return evals
+
+
+def _confidence(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Scheduler, mask_id: int,
+                generator: torch.Generator) -> int:
+    bsz, seq_len = x.shape
+    n_new = layout.max_new_tokens
+    block = cfg.block_length or n_new
+    blocks = [(a, min(a + block, n_new)) for a in range(0, n_new, block)]
+    steps_per_block = max(1, cfg.steps // len(blocks))
+    ratio_after = scheduler.mask_ratio(time_grid(steps_per_block, cfg.time_grid, scheduler))[1:]
+    ratio_after[-1] = 0.0
+    offset = torch.arange(seq_len, device=x.device)[None, :] - layout.gen_start[:, None]
+    evals = 0
+    for a, b in blocks:
+        in_block = layout.generate & (offset >= a) & (offset < b)
+        for s in range(steps_per_block):
+            still = in_block & (x == mask_id)
+            keep_masked = int(round((b - a) * float(ratio_after[s])))
+            k_rows = (still.sum(dim=1) - keep_masked).clamp(min=0)
+            k_max = int(k_rows.max())
+            if k_max == 0:
+                continue
+            ratio = (layout.generate & (x == mask_id)).sum(dim=1).double() / n_new
+            t = scheduler.t_for_mask_ratio(ratio).to(torch.float32)
+            logits, target = predict_logits(model, x, t, layout, still, dfm.shift_logits)
+            evals += 1
+            tokens, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            conf = torch.full((bsz * seq_len,), float("-inf"), device=x.device)
+            conf[target] = confidence_scores(probs, tokens, cfg.confidence)
+            drawn = torch.zeros(bsz * seq_len, dtype=x.dtype, device=x.device)
+            drawn[target] = tokens.to(x.dtype)
+            best = torch.topk(conf.view(bsz, seq_len), k_max, dim=1).indices  # [B, k_max] columns
+            chosen = torch.arange(k_max, device=x.device)[None, :] < k_rows[:, None]
+            flat = (best + torch.arange(bsz, device=x.device)[:, None] * seq_len)[chosen]
+            _write(x, flat, drawn[flat])
+        if cfg.eos_token_id is not None and _all_rows_ended(x, layout, b, cfg.eos_token_id):
+            break
+    return evals
+
+
+def _all_rows_ended(x: torch.Tensor, layout: GenerationLayout, decoded_upto: int, eos: int) -> bool:
+    """Every row has an EOS among its first ``decoded_upto`` new positions (all decoded by then)."""
+    offset = torch.arange(x.shape[1], device=x.device)[None, :] - layout.gen_start[:, None]
+    done = layout.generate & (offset < decoded_upto)
+    return bool(((x == eos) & done).any(dim=1).all())
+
+
+def _initial_state(layout: GenerationLayout, dfm: DFMConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
+    x = layout.batch["input_ids"].clone()
+    if dfm.source == "mask":
+        return x
+    # Non-mask sources start the new positions from a source draw (uniform real token or mask).
+    fraction = 1.0 if dfm.source == "uniform" else dfm.mixture_uniform_fraction
+    noise = torch.randint(0, mask_id, x.shape, generator=generator, device=x.device)
+    use_uniform = torch.rand(x.shape, generator=generator, device=x.device) < fraction
+    return torch.where(layout.generate & use_uniform, noise, x)
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: SamplerConfig,
+             dfm: DFMConfig, scheduler: Optional[Scheduler] = None, *,
+             suffixes: Optional[Sequence[Sequence[int]]] = None, mask_token_id: Optional[int] = None,
+             pad_token_id: int = DEFAULT_PAD_TOKEN_ID, generator: Optional[torch.Generator] = None) -> SampleResult:
+    """Generate ``max_new_tokens`` after each prompt (before each suffix, for infill) with ``model``.
+
+    ``dfm`` must be the training run's DFMConfig (shift convention, scheduler, source).
+    ``mask_token_id`` defaults to ``model.cfg.mask_token_id``. Deterministic given ``generator``
+    (default: seeded from ``cfg.seed`` on the model's device).
+    """
+    if cfg.method == "confidence" and dfm.source != "mask":
+        raise ValueError("the confidence sampler needs a mask source (dfm.source: mask); use method: euler")
+    scheduler = scheduler or make_scheduler(dfm)
+    mask_id = int(model.cfg.mask_token_id) if mask_token_id is None else int(mask_token_id)
+    device = next(model.parameters()).device
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    layout = build_layout(prompts, max_new_tokens, mask_id, pad_token_id, dfm.shift_logits, suffixes, device)
+    x = _initial_state(layout, dfm, mask_id, generator)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    loop = _euler if cfg.method == "euler" else _confidence
+    evals = loop(model, x, layout, cfg, dfm, scheduler, mask_id, generator)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+
+    # Only an early EOS stop leaves masks (after the EOS); they become EOS so no mask is returned.
+    fill = cfg.eos_token_id if cfg.eos_token_id is not None else pad_token_id
+    x = torch.where(layout.generate & (x == mask_id), torch.full_like(x, fill), x)
+    tokens, finished = [], []
+    for b in range(x.shape[0]):
+        start_col = int(layout.gen_start[b])
+        row = x[b, start_col: start_col + max_new_tokens].tolist()
+        ended = cfg.eos_token_id is not None and cfg.eos_token_id in row
+        tokens.append(row[: row.index(cfg.eos_token_id)] if ended else row)
+        finished.append(ended)
+    new_tokens = x.shape[0] * max_new_tokens
+    return SampleResult(tokens=tokens, sequences=x.cpu(), finished=finished, steps=evals, model_evals=evals,
+                        new_tokens=new_tokens, seconds=seconds, tokens_per_second=new_tokens / max(seconds, 1e-9))

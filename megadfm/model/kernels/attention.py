@@ -1,0 +1,147 @@
+"""Varlen attention over a [B, L] batch of packed documents (bidirectional or causal).
+
+Who attends to whom is one :class:`AttentionLayout`, built once per forward and shared by every
+layer: query i sees key j iff they are in the same row and the same segment of ``cu_seqlens``
+(flattened over B*L, as flash-attn varlen), key j is not padding (``attention_mask``), and, when
+causal, j <= i. Padding is never attended to by a real token.
+
+``attention(q, k, v, layout)``: q [B, Hq, L, D], k/v [B, Hkv, L, D] (GQA: Hkv divides Hq) ->
+[B, L, Hq, D]. Outputs at padding positions are finite but meaningless (never in the loss).
+
+Reference: ``F.scaled_dot_product_attention`` with a dense [B, 1, L, L] boolean block-diagonal
+mask. A query with no visible key (a padding position masked by ``attention_mask``) is let to
+see itself, so its softmax row is never all -inf (which gives NaN, and NaN gradients).
+Fused: flash-attn's ``flash_attn_varlen_func`` on the unpadded tokens (CUDA only).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from megadfm.model.kernels.backend import Impl, require
+
+
+class AttentionLayout:
+    """Segments, key padding and causality of one batch, in the form the chosen kernel needs.
+
+    Args:
+        batch_size, seq_len: the [B, L] shape of the batch.
+        causal: attend to keys j <= i only (AR parity / warm-up) instead of bidirectionally.
+        cu_seqlens: int [N+1] boundaries over the flattened B*L tokens (documents and padding runs
+            are segments; every row start b*L must be a boundary). None: one segment per row.
+        max_seqlen: longest segment (computed when None).
+        attention_mask: bool [B, L], False on padding keys. None: every token is a valid key.
+        varlen: build the unpadded flash-attn form instead of the dense mask.
+    """
+
+    def __init__(self, batch_size: int, seq_len: int, device: torch.device, causal: bool,
+                 cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
+                 attention_mask: Optional[torch.Tensor] = None, varlen: bool = False):
+        self.batch_size, self.seq_len, self.causal = batch_size, seq_len, causal
+        total = batch_size * seq_len
+        if cu_seqlens is not None:
+            cu_seqlens = _check_cu_seqlens(cu_seqlens, batch_size, seq_len).to(device)
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (batch_size, seq_len):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected [B, L] = [{batch_size}, {seq_len}]")
+            attention_mask = attention_mask.to(device=device, dtype=torch.bool)
+        self.cu_seqlens = cu_seqlens
+        self.key_valid = attention_mask
+        # segment id of every token; None when each row is one segment
+        self.segment_ids = None
+        if cu_seqlens is not None:
+            flat = torch.arange(total, device=device, dtype=cu_seqlens.dtype)
+            self.segment_ids = torch.searchsorted(cu_seqlens[1:], flat, right=True).view(batch_size, seq_len)
+        self.dense_mask = None if varlen else self._dense_mask(device)
+        self.varlen = self._varlen(device, max_seqlen) if varlen else None
+
+    def segment_positions(self) -> torch.Tensor:
+        """Position ids restarting at 0 at every segment start (the batch contract's position_ids)."""
+        total = self.batch_size * self.seq_len
+        flat = torch.arange(total, device=self.cu_seqlens.device)
+        return (flat - self.cu_seqlens.long()[self.segment_ids.flatten()]).view(self.batch_size, self.seq_len)
+
+    def _dense_mask(self, device: torch.device) -> Optional[torch.Tensor]:
+        if self.segment_ids is None and self.key_valid is None:
+            return None  # plain rows: SDPA's is_causal (or no mask) is exact and cheaper
+        L = self.seq_len
+        if self.segment_ids is not None:
+            allowed = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+        else:
+            allowed = torch.ones(self.batch_size, L, L, dtype=torch.bool, device=device)
+        if self.key_valid is not None:
+            allowed = allowed & self.key_valid[:, None, :]
+        if self.causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        # a query with no visible key (padding under attention_mask) sees itself instead of NaN
+        allowed = allowed | torch.eye(L, dtype=torch.bool, device=device)
+        return allowed[:, None]
+
+    def _varlen(self, device: torch.device, max_seqlen: Optional[int]):
+        B, L = self.batch_size, self.seq_len
+        cu = self.cu_seqlens if self.cu_seqlens is not None else torch.arange(0, B * L + 1, L, dtype=torch.int32, device=device)
+        if self.key_valid is None:
+            if max_seqlen is None:
+                max_seqlen = int((cu[1:] - cu[:-1]).max())
+            return cu.to(torch.int32), int(max_seqlen), None
+        # Unpad: keep valid tokens (order preserved, so causality within a segment is kept), and
+        # re-segment them; segments with no valid token disappear.
+        seg = self.segment_ids.flatten() if self.segment_ids is not None else torch.arange(B, device=device).repeat_interleave(L)
+        valid = self.key_valid.flatten()
+        index = valid.nonzero().squeeze(1)
+        counts = torch.bincount(seg[index], minlength=int(cu.numel()) - 1)
+        counts = counts[counts > 0]
+        new_cu = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+        return new_cu, int(counts.max()) if counts.numel() else 0, index
+
+
+def _check_cu_seqlens(cu: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+    total = batch_size * seq_len
+    if cu.dim() != 1 or cu.numel() < 2 or cu.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor of N+1 >= 2 boundaries, got shape "
+                         f"{tuple(cu.shape)} dtype {cu.dtype}")
+    c = cu.detach().to("cpu", torch.int64)
+    problems = []
+    if int(c[0]) != 0 or int(c[-1]) != total:
+        problems.append(f"must start at 0 and end at B*L={total} (got {int(c[0])} ... {int(c[-1])})")
+    if bool((c[1:] <= c[:-1]).any()):
+        problems.append("must be strictly increasing (every segment non-empty)")
+    missing = sorted(set(range(0, total, seq_len)) - set(c.tolist()))
+    if missing:
+        problems.append(f"every sample start b*L must be a boundary; missing {missing[:5]}")
+    if problems:
+        raise ValueError("cu_seqlens " + "; ".join(problems))
+    return cu
+
+
+def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    mask = layout.dense_mask
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=layout.causal and mask is None,
+                                         enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2)
+
+
+TORCH = Impl("torch (SDPA + block-diagonal mask)", {"attention": attention_torch, "varlen": False})
+
+
+def fused(device_type: str) -> Impl:
+    (mod,) = require(device_type, "flash-attn varlen attention",
+                     ("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation (part of the [gpu] extra; needs CUDA)"))
+    flash_varlen = mod.flash_attn_varlen_func
+
+    def attention_flash(q, k, v, layout: AttentionLayout):
+        B, Hq, L, D = q.shape
+        cu, max_seqlen, index = layout.varlen
+        q, k, v = (x.transpose(1, 2).reshape(B * L, x.shape[1], D) for x in (q, k, v))
+        if index is not None:
+            q, k, v = q[index], k[index], v[index]
+        out = flash_varlen(q, k, v, cu, cu, max_seqlen, max_seqlen, dropout_p=0.0, softmax_scale=D ** -0.5,
+                           causal=layout.causal)
+        if index is not None:
+            out = out.new_zeros(B * L, Hq, D).index_copy(0, index, out)
+        return out.view(B, L, Hq, D)
+
+    return Impl("flash-attn varlen", {"attention": attention_flash, "varlen": True})

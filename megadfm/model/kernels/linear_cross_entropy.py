@@ -1,0 +1,126 @@
+"""Linear + cross-entropy over the vocabulary without materializing [N, V] fp32 logits.
+
+``linear_cross_entropy(hidden [N, H], weight [V, H], targets [N], ignore_index, excluded_token,
+chunk_size) -> losses [N] fp32`` is ``F.cross_entropy(hidden @ weight.T, targets, reduction='none')``
+with the ``excluded_token`` column (the mask token) removed from the softmax and 0 loss (and 0
+gradient) where ``targets == ignore_index``.
+
+Reference (:class:`ChunkedLinearCrossEntropy`): a custom autograd.Function that walks the tokens in
+chunks of ``chunk_size``; forward keeps only the per-token log-sum-exp, backward recomputes each
+chunk's logits. Peak extra memory is one [chunk_size, V] fp32 block (plus its gradient), never
+[N, V]. Logits come from a matmul in the input dtype and are cast to fp32; softmax and loss are fp32.
+
+Fused: liger-kernel's fused linear cross-entropy (Triton, CUDA only) with ``reduction='none'``;
+the mask column is excluded by a bias that is -inf there and 0 elsewhere. Older liger-kernel releases
+compute reduction='none' gradients as if every token had the same upstream gradient, which is wrong
+for per-token weights w(t); they are detected (no ``token_grad_output`` argument) and rejected.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+
+from megadfm.model.kernels.backend import Impl, KernelUnavailable, require
+
+
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, excluded_token: Optional[int]) -> torch.Tensor:
+    logits = (h @ weight.t()).float()
+    if excluded_token is not None:
+        logits[:, excluded_token] = float("-inf")
+    return logits
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index: int, excluded_token: Optional[int], chunk_size: int):
+        n = hidden.shape[0]
+        losses = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            logits = _chunk_logits(hidden[start:end], weight, excluded_token)
+            tgt = targets[start:end]
+            valid = tgt != ignore_index
+            chunk_lse = torch.logsumexp(logits, dim=-1)
+            target_logit = logits.gather(1, torch.where(valid, tgt, 0)[:, None]).squeeze(1)
+            losses[start:end] = torch.where(valid, chunk_lse - target_logit, 0.0)
+            lse[start:end] = chunk_lse
+            del logits
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.ignore_index, ctx.excluded_token, ctx.chunk_size = ignore_index, excluded_token, chunk_size
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        # fp32 accumulator for a low-precision weight: summing N/chunk bf16 partial products loses bits
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        n = hidden.shape[0]
+        for start in range(0, n, ctx.chunk_size):
+            end = min(start + ctx.chunk_size, n)
+            h = hidden[start:end]
+            tgt = targets[start:end]
+            valid = tgt != ctx.ignore_index
+            # d loss_i / d logits_i = softmax_i - onehot(target_i), scaled by the upstream gradient
+            grad_logits = _chunk_logits(h, weight, ctx.excluded_token).sub_(lse[start:end, None]).exp_()
+            rows = torch.arange(end - start, device=h.device)
+            grad_logits[rows, torch.where(valid, tgt, 0)] -= valid.to(grad_logits.dtype)
+            grad_logits.mul_(torch.where(valid, grad_losses[start:end].float(), 0.0)[:, None])
+            grad_logits = grad_logits.to(weight.dtype)
+            if need_h:
+                grad_hidden[start:end] = grad_logits @ weight
+            if need_w:
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(grad_logits.t(), h)
+                else:
+                    grad_weight += (grad_logits.t() @ h).float()
+            del grad_logits
+        if need_w:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def linear_cross_entropy_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                               excluded_token: Optional[int] = None, chunk_size: int = 4096) -> torch.Tensor:
+    _check(hidden, weight, targets, chunk_size)
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, excluded_token, chunk_size)
+
+
+def _check(hidden, weight, targets, chunk_size):
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy needs hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected [N] = [{hidden.shape[0]}]")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+
+
+TORCH = Impl("torch chunked", {"linear_cross_entropy": linear_cross_entropy_torch})
+
+
+def fused(device_type: str) -> Impl:
+    hint = "pip install liger-kernel (part of the [gpu] extra)"
+    functional, ops = require(device_type, "fused linear cross-entropy (liger-kernel)",
+                              ("liger_kernel.transformers.functional", "liger-kernel", hint),
+                              ("liger_kernel.ops.fused_linear_cross_entropy", "liger-kernel", hint))
+    if "token_grad_output" not in inspect.signature(ops.fused_linear_cross_entropy_forward).parameters:
+        raise KernelUnavailable("the installed liger-kernel computes reduction='none' gradients without the per-token "
+                                "upstream gradient (wrong for weighted losses); upgrade liger-kernel")
+    liger_flce = functional.liger_fused_linear_cross_entropy
+
+    def linear_cross_entropy_liger(hidden, weight, targets, ignore_index=-100, excluded_token=None, chunk_size=4096):
+        _check(hidden, weight, targets, chunk_size)  # liger picks its own chunking
+        bias = None
+        if excluded_token is not None:
+            bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            bias[excluded_token] = float("-inf")
+        out = liger_flce(hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction="none")
+        losses = out[0] if isinstance(out, tuple) else out
+        return losses.float()
+
+    return Impl("liger-kernel fused linear cross-entropy", {"linear_cross_entropy": linear_cross_entropy_liger})

@@ -1,0 +1,289 @@
+"""Qwen3-DFM: the Qwen3 transformer, bidirectional (or causal), with AdaLN(t) time conditioning.
+
+A plain ``nn.Module`` (no DeepSpeed, no files). The backbone is Qwen3 exactly: token embedding,
+blocks of [RMSNorm -> GQA attention with per-head q/k RMSNorm and RoPE -> residual, RMSNorm ->
+SwiGLU MLP -> residual], a final RMSNorm and a tied or untied LM head. Differences from
+transformers' Qwen3ForCausalLM, all switchable back:
+
+- attention is bidirectional within each document of a packed sample (``attention_mode``);
+- every block is modulated by t through AdaLN (time_conditioning.py), zero-initialized so a
+  converted checkpoint computes the pretrained function at step 0;
+- the mask token's logit is -inf (it is never predicted) and the loss never builds [N, V] logits.
+
+Parameter names are HF Qwen3's minus ``model.`` (see megadfm/conversion/name_map.py), e.g.
+``layers.0.self_attn.q_proj.weight``; time conditioning lives under ``time_embedding.*``,
+``layers.{i}.adaln.*`` and ``adaln_single.*``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from megadfm.model.config import ModelConfig
+from megadfm.model.kernels import KernelSet, select_kernels
+from megadfm.model.kernels.attention import AttentionLayout
+from megadfm.model.kernels.rotary import rotary_cos_sin
+from megadfm.model.time_conditioning import (AdaLNProjection, TimeEmbedding, init_time_embedding, make_block_adaln,
+                                             zero_init_modulation)
+
+logger = logging.getLogger("megadfm.model")
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, kernels: KernelSet, shift: Optional[torch.Tensor] = None,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """rmsnorm(x), or with AdaLN ``rmsnorm(x) * (1 + scale) + shift`` (one kernel). Going through the
+        module (not reading .weight from outside) keeps ZeRO-3's per-module parameter gathering working."""
+        if shift is None:
+            return kernels.rms_norm(x, self.weight, self.eps)
+        return kernels.adaln_modulate(x, self.weight, self.eps, shift, scale)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.resolved_head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)  # per head, before RoPE (Qwen3)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, layout: AttentionLayout, kernels: KernelSet):
+        B, L, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, L, self.n_heads, self.head_dim), kernels).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim), kernels).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = kernels.rotary(q, k, cos, sin)
+        out = kernels.attention(q, k, v, layout)  # [B, L, Hq, D]
+        return self.o_proj(out.reshape(B, L, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """One Qwen3 decoder layer; with time conditioning, both sub-blocks are AdaLN-modulated."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.adaln = make_block_adaln(cfg.time_conditioning, cfg.hidden_size)
+
+    def forward(self, x, cos, sin, layout, kernels: KernelSet, cond: Optional[torch.Tensor]):
+        """cond: the per-block input of the modulation (c [B, H] for adaln, the shared [B, 6, H] for adaln_single)."""
+        if cond is None:
+            x = x + self.self_attn(self.input_layernorm(x, kernels), cos, sin, layout, kernels)
+            return x + self.mlp(self.post_attention_layernorm(x, kernels))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(cond).unbind(1)
+        h = self.input_layernorm(x, kernels, shift_a, scale_a)
+        x = kernels.gated_residual(x, self.self_attn(h, cos, sin, layout, kernels), gate_a)
+        h = self.post_attention_layernorm(x, kernels, shift_m, scale_m)
+        return kernels.gated_residual(x, self.mlp(h), gate_m)
+
+
+class Qwen3DFM(nn.Module):
+    """Bidirectional Qwen3 + AdaLN(t). See docs/INTERFACES.md for the contract.
+
+    ``Qwen3DFM(cfg, seed=0)`` initializes every parameter deterministically from ``seed`` (a private
+    generator; the global RNG is untouched): the Qwen3/HF scheme (normal(0, initializer_range) for
+    linear and embedding weights, zero biases, unit norms), the time MLP normal(0,
+    initializer_range), and every modulation output zero.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.time_embedding = None
+        self.adaln_single = None
+        if cfg.time_conditioning != "none":
+            self.time_embedding = TimeEmbedding(cfg.time_embedding_dim, cfg.hidden_size)
+        if cfg.time_conditioning == "adaln_single":
+            self.adaln_single = AdaLNProjection(cfg.hidden_size)
+        self.activation_checkpointing = cfg.activation_checkpointing
+        self.reset_parameters(seed)
+        if cfg.dtype == "bfloat16":
+            self.to(torch.bfloat16)
+        self._kernels: Dict[str, KernelSet] = {}
+        # resolve now for the device training will use, so the choice (or the error) comes first in the log
+        self.kernels_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @classmethod
+    def from_scratch(cls, cfg: ModelConfig, seed: int) -> "Qwen3DFM":
+        """A randomly initialized model (seeded, reproducible across machines) for training from scratch."""
+        return cls(cfg, seed=seed)
+
+    # ---- initialization ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        std = self.cfg.initializer_range
+        for name, module in self.named_modules():  # named_modules order is deterministic
+            if isinstance(module, (nn.Linear, nn.Embedding)) and not _is_time_module(name):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        if self.time_embedding is not None:
+            init_time_embedding(self.time_embedding, std, gen)
+        for layer in self.layers:
+            if layer.adaln is not None:
+                zero_init_modulation(layer.adaln)
+        if self.adaln_single is not None:
+            zero_init_modulation(self.adaln_single)
+
+    @torch.no_grad()
+    def init_mask_embedding(self) -> None:
+        """Set the mask token's embedding row to the mean of the rows before it.
+
+        For Qwen3 that is the mean of the 151,669 trained rows 0..151668 (rows above are padding
+        that was never trained). The mean puts <|mask|> at the centre of the token cloud with a
+        typical norm, so the first DFM steps see a neutral input rather than an untrained vector.
+        An untied lm_head's mask row is left as it is: the mask logit is forced to -inf, so that
+        row never affects an output and receives exactly zero gradient.
+        """
+        mask_embedding_init_(self.embed_tokens.weight, self.cfg.mask_token_id)
+
+    def load_backbone_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a converted Qwen3 state dict; only time-conditioning parameters may be absent (they keep
+        their zero init, so the model equals the checkpoint). Anything else missing or unexpected is an error."""
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if self.parameter_group(k) != "time_conditioning"]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"state dict does not match Qwen3DFM: missing {missing}, unexpected {result.unexpected_keys}")
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The LM-head weight [V, H] (the embedding matrix when tied)."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def parameter_group(self, name: str) -> str:
+        """'embeddings' | 'backbone' | 'head' | 'time_conditioning' for a parameter name.
+
+        A tied embedding is 'embeddings' (it is also the head; there is no separate head parameter)."""
+        if _is_time_module(name):
+            return "time_conditioning"
+        if name.startswith("embed_tokens."):
+            return "embeddings"
+        if name.startswith("lm_head."):
+            return "head"
+        if name.startswith("layers.") or name.startswith("norm."):
+            return "backbone"
+        raise KeyError(f"{name!r} is not a Qwen3DFM parameter name")
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.activation_checkpointing = enabled
+
+    def kernels_for(self, device: torch.device) -> KernelSet:
+        """The kernel set for a device type, resolved (and logged) once per type per model."""
+        if device.type not in self._kernels:
+            self._kernels[device.type] = select_kernels(self.cfg.kernels, device.type)
+        return self._kernels[device.type]
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids [B, L] (+ t [B] in [0, 1], 1 = clean) -> hidden states [B, L, H] after the final norm.
+
+        Attention stays within each segment of ``cu_seqlens`` (over the flattened B*L tokens) and
+        never reaches keys where ``attention_mask`` is False. ``position_ids`` default to positions
+        restarting at every segment start (or 0..L-1 per row without cu_seqlens).
+        """
+        cfg = self.cfg
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if L > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
+        kernels = self.kernels_for(input_ids.device)
+        layout = AttentionLayout(B, L, input_ids.device, cfg.attention_mode == "causal", cu_seqlens, max_seqlen,
+                                 attention_mask, varlen=kernels.attention_is_varlen)
+        if position_ids is None:
+            position_ids = layout.segment_positions() if cu_seqlens is not None else \
+                torch.arange(L, device=input_ids.device).expand(B, L)
+        x = self.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, cfg.resolved_head_dim, cfg.rope_theta, x.dtype)
+        cond = self._time_condition(t, B)
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, layout, kernels, cond, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, layout, kernels, cond)
+        return self.norm(x, kernels)
+
+    def _time_condition(self, t: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
+        if self.time_embedding is None:
+            return None
+        if t is None:
+            raise ValueError(f"time_conditioning={self.cfg.time_conditioning!r} needs t [B] in [0, 1] "
+                             "(t = 1 is clean data; pass torch.ones(B) for unmasked input)")
+        if t.shape != (batch_size,):
+            raise ValueError(f"t must have shape [B] = [{batch_size}], got {tuple(t.shape)}")
+        c = self.time_embedding(t)
+        return self.adaln_single(c) if self.adaln_single is not None else c
+
+    # ---- head and loss -------------------------------------------------------------------------
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., V] fp32 logits with the mask token's logit at -inf. Builds all logits: for sampling
+        and evaluation of a few positions; training uses :meth:`token_losses`."""
+        logits = F.linear(hidden, self.output_weight).float()
+        logits[..., self.cfg.mask_token_id] = float("-inf")
+        return logits
+
+    def token_losses(self, hidden_flat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy [N] fp32 of targets [N] given hidden [N, H]; 0 where target is -100.
+
+        The mask token is excluded from the softmax. Chunked (torch) or fused (liger) per the
+        kernel backend: never all [N, V] fp32 logits at once.
+        """
+        kernels = self.kernels_for(hidden_flat.device)
+        return kernels.linear_cross_entropy(hidden_flat, self.output_weight, targets, ignore_index=IGNORE_INDEX,
+                                            excluded_token=self.cfg.mask_token_id, chunk_size=self.cfg.loss_chunk_size)
+
+
+def _is_time_module(name: str) -> bool:
+    return name.startswith("time_embedding") or name.startswith("adaln_single") or ".adaln" in name
+
+
+@torch.no_grad()
+def mask_embedding_init_(weight: torch.Tensor, mask_token_id: int) -> None:
+    """weight[mask_token_id] = mean(weight[:mask_token_id]) computed in fp32 (in place)."""
+    if not 0 < mask_token_id < weight.shape[0]:
+        raise ValueError(f"mask_token_id {mask_token_id} must be in [1, {weight.shape[0]})")
+    weight[mask_token_id] = weight[:mask_token_id].float().mean(0).to(weight.dtype)

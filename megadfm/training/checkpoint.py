@@ -1,0 +1,268 @@
+"""Crash-safe checkpoints around DeepSpeed's own save/load.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    step_00000100/            a complete checkpoint: DeepSpeed files + megadfm_meta.json + config.yaml + rng_rank*.pt
+    step_00000200/
+    .incomplete-step_00000300/   a save in progress (or one that crashed): never loaded, removed by the next save
+    latest                    the tag of the newest complete checkpoint (DeepSpeed's format, so its tools work)
+
+A save writes everything into ``.incomplete-<tag>``, fsyncs every file, renames the directory to
+``<tag>`` (atomic on one filesystem) and only then rewrites ``latest`` (temporary name + rename).
+A crash or full disk at any point leaves the previous checkpoint as "latest". Retention deletes old
+checkpoints only after the new one is published. Before a save, the free space is compared with the
+size of the previous checkpoint: the save is refused cleanly (all ranks agree) if it would not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megadfm.training.config import CheckpointConfig
+
+logger = logging.getLogger(__name__)
+
+TAG_RE = re.compile(r"^step_(\d{8})$")
+INCOMPLETE_PREFIX = ".incomplete-"
+META_FILE = "megadfm_meta.json"
+LATEST_FILE = "latest"
+
+
+def tag_for_step(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file, then every directory bottom-up, so the data is on disk before publishing."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync_path(os.path.join(dirpath, name))
+        _fsync_path(dirpath)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def dir_size(path: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            total += os.path.getsize(os.path.join(dirpath, name))
+    return total
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _agree(flag: bool) -> bool:
+    """Rank 0's decision, broadcast so every rank takes the same branch."""
+    if not _dist():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    step: int
+    meta: Dict[str, Any]
+    client_state: Dict[str, Any]
+
+
+class CheckpointManager:
+    """Saves, publishes, prunes and finds checkpoints under ``root`` for every rank of a run."""
+
+    def __init__(self, root: str, cfg: CheckpointConfig, rank: int = 0, world_size: int = 1):
+        self.root = root
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.last_save_bytes: Optional[int] = None
+        if rank == 0:
+            os.makedirs(root, exist_ok=True)
+        _barrier()
+
+    # -- discovery -----------------------------------------------------------------------------
+    def complete_checkpoints(self) -> List[int]:
+        """Steps of complete checkpoints (published directories with their meta file), oldest first."""
+        if not os.path.isdir(self.root):
+            return []
+        steps = []
+        for name in os.listdir(self.root):
+            m = TAG_RE.match(name)
+            if m and os.path.isfile(os.path.join(self.root, name, META_FILE)):
+                steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def incomplete_checkpoints(self) -> List[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(n for n in os.listdir(self.root) if n.startswith(INCOMPLETE_PREFIX))
+
+    def latest_step(self) -> Optional[int]:
+        """The newest complete checkpoint. Incomplete ones are ignored, and the log says so."""
+        for name in self.incomplete_checkpoints():
+            if self.rank == 0:
+                logger.warning("ignoring incomplete checkpoint %s (a save was interrupted)", os.path.join(self.root, name))
+        steps = self.complete_checkpoints()
+        latest_path = os.path.join(self.root, LATEST_FILE)
+        if os.path.isfile(latest_path):
+            with open(latest_path) as f:
+                tag = f.read().strip()
+            m = TAG_RE.match(tag)
+            if m and int(m.group(1)) in steps:
+                if steps and int(m.group(1)) != steps[-1] and self.rank == 0:
+                    logger.warning("'latest' names %s but %s is newer and complete; resuming from the newer one",
+                                   tag, tag_for_step(steps[-1]))
+                return steps[-1] if steps else None
+            if self.rank == 0:
+                logger.warning("'latest' names %r, which is not a complete checkpoint; using the newest complete one", tag)
+        return steps[-1] if steps else None
+
+    # -- saving --------------------------------------------------------------------------------
+    def _estimate_bytes(self) -> Optional[int]:
+        if self.last_save_bytes is not None:
+            return self.last_save_bytes
+        steps = self.complete_checkpoints()
+        return dir_size(os.path.join(self.root, tag_for_step(steps[-1]))) if steps else None
+
+    def _space_ok(self, step: int) -> bool:
+        estimate = self._estimate_bytes()
+        free = shutil.disk_usage(self.root).free
+        if estimate is None:
+            return free > self.cfg.min_free_bytes
+        if free - estimate < self.cfg.min_free_bytes:
+            logger.error("refusing to save checkpoint at step %d: %.1f MB free, the last checkpoint took %.1f MB and "
+                         "checkpoint.min_free_bytes is %.1f MB; the previous checkpoint stays 'latest'. Free disk space.",
+                         step, free / 1e6, estimate / 1e6, self.cfg.min_free_bytes / 1e6)
+            return False
+        if free - 2 * estimate < self.cfg.min_free_bytes:
+            logger.warning("disk space is low: %.1f MB free, room for about one more checkpoint of %.1f MB",
+                           free / 1e6, estimate / 1e6)
+        return True
+
+    def save(self, engine, step: int, client_state: Dict[str, Any], meta: Dict[str, Any],
+             extra_files: Optional[Dict[str, str]] = None) -> Optional[str]:
+        """Save on every rank; returns the published path, or None when the save was refused."""
+        tag = tag_for_step(step)
+        tmp_tag = INCOMPLETE_PREFIX + tag
+        tmp_dir = os.path.join(self.root, tmp_tag)
+        if not _agree(self._space_ok(step) if self.rank == 0 else True):
+            return None
+        if self.rank == 0:
+            for stale in self.incomplete_checkpoints():
+                shutil.rmtree(os.path.join(self.root, stale), ignore_errors=True)
+            if os.path.isdir(os.path.join(self.root, tag)):  # re-saving the same step (e.g. stop right after a save)
+                shutil.rmtree(os.path.join(self.root, tag))
+        _barrier()
+        start = time.time()
+        engine.save_checkpoint(self.root, tag=tmp_tag, client_state=client_state, save_latest=False)
+        torch.save(rng_state(), os.path.join(tmp_dir, f"rng_rank{self.rank}.pt"))
+        _barrier()
+        delay = float(os.environ.get("MEGADFM_TEST_SAVE_DELAY_S", "0"))  # test hook: widen the window for a real SIGKILL
+        if delay:
+            time.sleep(delay)
+        if os.environ.get("MEGADFM_TEST_FAIL_SAVE") == "1":  # test hook: a save that fails after writing its files
+            raise OSError(f"MEGADFM_TEST_FAIL_SAVE: simulated write failure while saving {tmp_dir}")
+        if self.rank == 0:
+            full_meta = dict(meta, step=step, world_size=self.world_size, saved_at=time.time(), tag=tag)
+            with open(os.path.join(tmp_dir, META_FILE), "w") as f:
+                json.dump(full_meta, f, indent=2, default=str)
+            for name, text in (extra_files or {}).items():
+                with open(os.path.join(tmp_dir, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            fsync_tree(tmp_dir)
+            final_dir = os.path.join(self.root, tag)
+            os.rename(tmp_dir, final_dir)
+            _fsync_path(self.root)
+            write_atomic(os.path.join(self.root, LATEST_FILE), tag.encode())
+            self.last_save_bytes = dir_size(final_dir)
+            logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final_dir, self.last_save_bytes / 1e6, time.time() - start)
+            self._apply_retention()
+        _barrier()
+        return os.path.join(self.root, tag)
+
+    def _apply_retention(self) -> None:
+        steps = self.complete_checkpoints()
+        keep = set(steps[-self.cfg.keep_last:])
+        if self.cfg.keep_every:
+            keep |= {s for s in steps if s % self.cfg.keep_every == 0}
+        for s in steps:
+            if s not in keep:
+                shutil.rmtree(os.path.join(self.root, tag_for_step(s)))
+                logger.info("retention: removed checkpoint %s", tag_for_step(s))
+
+    # -- loading -------------------------------------------------------------------------------
+    def read_meta(self, step: int) -> Dict[str, Any]:
+        with open(os.path.join(self.root, tag_for_step(step), META_FILE)) as f:
+            return json.load(f)
+
+    def load(self, engine, step: int, restore_rng: bool = True) -> LoadedCheckpoint:
+        """Load checkpoint ``step`` into ``engine`` (module, optimizer, LR scheduler) on every rank."""
+        tag = tag_for_step(step)
+        path = os.path.join(self.root, tag)
+        meta = self.read_meta(step)
+        saved_ws = int(meta.get("world_size", self.world_size))
+        if saved_ws != self.world_size:
+            raise RuntimeError(
+                f"{path} was saved with data-parallel world size {saved_ws}, this run has {self.world_size}. "
+                "Resume on another world size goes through a universal checkpoint: see megadfm.training.reshard "
+                "(the engine does this automatically when training.resume_reshard is true).")
+        load_path, client_state = engine.load_checkpoint(self.root, tag=tag, load_optimizer_states=True,
+                                                         load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        rng_file = os.path.join(path, f"rng_rank{self.rank}.pt")
+        if restore_rng and os.path.isfile(rng_file):
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return LoadedCheckpoint(path=path, step=step, meta=meta, client_state=client_state or {})

@@ -1,0 +1,243 @@
+"""The DeepSpeed trainer: builds model, optimizer and engine; runs steps; saves and resumes.
+
+Noise is keyed, not stateful: the t of every sequence and its corruption mask are drawn from seeds
+derived from (training.seed, optimizer step, the sequence's position in the global batch). A run
+resumed at step k therefore sees exactly the t and masks an uninterrupted run would, and a run on
+another data-parallel world size (same global batch) sees the same ones too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megadfm.config import MegaDFMConfig, config_to_yaml, dump_config
+from megadfm.dfm.schedulers import make_scheduler
+from megadfm.dfm.time_sampling import sample_times, step_seed
+from megadfm.model.qwen3_dfm import Qwen3DFM
+from megadfm.training.checkpoint import CheckpointManager
+from megadfm.training.ds_config import build_ds_config
+from megadfm.training.init_weights import fingerprint, load_checkpoint_weights, load_init_folder
+from megadfm.training.lr_schedule import lr_multiplier
+from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
+from megadfm.training.optim import build_optimizer
+from megadfm.training.train_module import DFMTrainingModule
+from megadfm.training.training_data import TrainingData
+
+logger = logging.getLogger("megadfm")
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradient norm became NaN/Inf and training.nonfinite_policy is 'stop'."""
+
+
+def _sha256(path: str) -> Optional[str]:
+    if not os.path.isfile(path):
+        return None
+    from megadfm.data.qwen_tokenizer_build import sha256_file
+
+    return sha256_file(path)
+
+
+class Trainer:
+    def __init__(self, cfg: MegaDFMConfig, rank: int, world_size: int):
+        import deepspeed
+
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        tcfg = cfg.training
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else torch.device("cpu")
+        self.ds_config = build_ds_config(tcfg, world_size)
+        self.global_batch = self.ds_config["train_batch_size"]
+        self.out_dir = tcfg.output_dir
+        if rank == 0:
+            os.makedirs(self.out_dir, exist_ok=True)
+            dump_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        logger.info("megadfm run %s: world size %d (%s, backend %s), ZeRO stage %d, precision %s, "
+                    "global batch %d = micro %d x accumulation %d x data-parallel %d, seq_len %d",
+                    self.out_dir, world_size, self.device.type, dist.get_backend(), tcfg.zero_stage, tcfg.precision,
+                    self.global_batch, tcfg.micro_batch_size, tcfg.grad_accum_steps, world_size, cfg.data.seq_len)
+
+        self.scheduler = make_scheduler(cfg.dfm)
+        model = self._build_model(deepspeed)
+        self.module = DFMTrainingModule(model, cfg.dfm, self.scheduler, cfg.data.pad_token_id)
+        if tcfg.zero_stage == 3:
+            self.module.register_zero3_external_parameters()
+        optimizer = build_optimizer(self.module, tcfg, self.module.parameter_group)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, tcfg))
+        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, lr_scheduler=lr_sched, config=self.ds_config)
+        self.ckpt = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint, rank, world_size)
+
+        self.step = 0
+        self.consumed_samples = 0
+        self._resume_if_possible()
+        self.data = TrainingData(cfg, rank, world_size, self.consumed_samples)
+        self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
+        self.peak_flops = device_peak_flops()
+        from megadfm.training.telemetry_bridge import TelemetryBridge
+
+        self.telemetry = TelemetryBridge(cfg, self.out_dir, rank, world_size, self.module.parameter_group,
+                                         self.scheduler)
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _build_model(self, deepspeed) -> Qwen3DFM:
+        cfg, tcfg = self.cfg, self.cfg.training
+        mcfg = cfg.model
+        if tcfg.precision == "bf16" and mcfg.dtype != "bfloat16":
+            logger.info("model.dtype float32 kept for master weights; DeepSpeed bf16 casts the module")
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=tcfg.zero_stage == 3 and tcfg.zero_init):
+            model = Qwen3DFM(mcfg, seed=tcfg.seed)
+        if mcfg.activation_checkpointing:
+            logger.info("activation checkpointing: on (every block recomputed in backward)")
+        src = tcfg.init_from
+        if src is None:
+            logger.info("initialisation: from scratch (seed %d)", tcfg.seed)
+        elif os.path.isdir(os.path.join(src, "checkpoints")) or os.path.isfile(os.path.join(src, "latest")):
+            root = os.path.join(src, "checkpoints") if os.path.isdir(os.path.join(src, "checkpoints")) else src
+            logger.info("initialisation: weights of megadfm checkpoint %s", root)
+            load_checkpoint_weights(model, root, prefix="model.")
+        else:
+            logger.info("initialisation: megadfm init folder %s", src)
+            load_init_folder(model, src)
+        fp = fingerprint(model)
+        logger.info("weights fingerprint: %s", ", ".join(f"{k}={v:.6g}" for k, v in fp.items()))
+        self.weights_fingerprint = fp
+        return model
+
+    def _resume_if_possible(self) -> None:
+        if not self.cfg.checkpoint.resume:
+            return
+        latest = self.ckpt.latest_step()
+        if latest is None:
+            return
+        loaded = self.ckpt.load(self.engine, latest)
+        state = loaded.client_state
+        self.step = int(state["step"])
+        self.consumed_samples = int(state["consumed_samples"])
+        logger.info("resumed from %s: step %d, %d samples consumed", loaded.path, self.step, self.consumed_samples)
+
+    # ---- one optimizer step --------------------------------------------------------------------
+    def _micro_offsets(self, micro: int) -> int:
+        """Position of this rank's micro-batch in the global batch (data is laid out the same way)."""
+        mbs = self.cfg.training.micro_batch_size
+        return micro * mbs * self.world_size + self.rank * mbs
+
+    def _noise(self, step: int, micro: int, n: int):
+        cfg = self.cfg
+        offset = self._micro_offsets(micro)
+        t = sample_times(n, cfg.dfm, self.scheduler, global_batch_size=self.global_batch, rank_offset=offset,
+                         seed=step_seed(cfg.training.seed, step), device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(step_seed(cfg.training.seed, step, 1 + offset))
+        return t, gen
+
+    def train_step(self) -> Dict[str, Any]:
+        tcfg = self.cfg.training
+        start = time.time()
+        self.engine.train()
+        losses = []
+        tokens = 0
+        for micro in range(tcfg.grad_accum_steps):
+            batch = self.data.next_train_batch(self.device)
+            t, gen = self._noise(self.step, micro, batch["input_ids"].shape[0])
+            out = self.engine(batch, t, gen)
+            self.telemetry.record_micro_batch(out, batch)
+            self.engine.backward(out.loss)
+            losses.append(out.loss.detach())
+            tokens += int(batch["loss_mask"].sum())
+            if micro < tcfg.grad_accum_steps - 1:
+                self.engine.step()  # DeepSpeed only counts the micro-step before the boundary
+        loss = torch.stack(losses).mean()
+        loss_global = loss.clone()
+        if dist.is_initialized():
+            dist.all_reduce(loss_global)
+            loss_global /= self.world_size
+        grad_norms = self.telemetry.grad_norms(self.engine)
+        finite = math.isfinite(float(loss_global)) and math.isfinite(grad_norms.get("total", 0.0))
+        action = self.telemetry.spike_action(self.step)
+        skip = (not finite and tcfg.nonfinite_policy == "skip") or action == "skip_step"
+        if not finite and tcfg.nonfinite_policy == "stop":
+            raise NonFiniteError(f"step {self.step}: loss {float(loss_global)} / grad norm {grad_norms.get('total')} "
+                                 "is not finite; the last good state is saved, lower training.lr or inspect the batch")
+        lr = self.lr_scheduler.get_last_lr()[0]
+        if skip:
+            self._skip_update()
+        self.engine.step()
+        self.step += 1
+        self.consumed_samples += self.global_batch
+        tokens_all = torch.tensor([tokens], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(tokens_all)
+        elapsed = time.time() - start
+        tps = float(tokens_all) / elapsed
+        record = {"step": self.step, "loss": float(loss_global), "lr": lr, "grad_accum_steps": tcfg.grad_accum_steps,
+                  "tokens_per_s": tps, "step_time_s": elapsed, "consumed_samples": self.consumed_samples,
+                  "skipped": bool(skip)}
+        m = mfu(self.cfg.model, self.cfg.data.seq_len, tps / self.world_size, self.peak_flops)
+        if m is not None:
+            record["mfu"] = m
+        if torch.cuda.is_available():
+            record["memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            import resource
+
+            record["memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        record.update({f"grad_norm/{k}": v for k, v in grad_norms.items()})
+        self.telemetry.end_step(self.step, record, action)
+        if action == "stop":
+            raise NonFiniteError(f"step {self.step}: loss spike with telemetry.spike_action=stop")
+        return record
+
+    def _skip_update(self) -> None:
+        """Skip the update: zero the gradients and the LR for this step (AdamW then leaves the weights
+        unchanged; its moments decay by one step as if the gradient had been zero)."""
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        for p in self.module.parameters():
+            g = safe_get_local_grad(p)
+            if g is not None:
+                safe_set_local_grad(p, torch.zeros_like(g))
+        self._saved_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g["lr"] = 0.0
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def save(self) -> Optional[str]:
+        cfg = self.cfg
+        client_state = {"step": self.step, "consumed_samples": self.consumed_samples}
+        meta = {"consumed_samples": self.consumed_samples, "tokenizer_json_sha256":
+                _sha256(os.path.join(cfg.data.tokenizer, "tokenizer.json")), "data_manifest": self.data.manifest(),
+                "weights_fingerprint_at_init": self.weights_fingerprint}
+        return self.ckpt.save(self.engine, self.step, client_state, meta, {"config.yaml": config_to_yaml(cfg)})
+
+    def train(self) -> int:
+        tcfg, ccfg = self.cfg.training, self.cfg.checkpoint
+        if self.step >= tcfg.train_steps:
+            logger.info("nothing to do: step %d >= training.train_steps %d", self.step, tcfg.train_steps)
+            return 0
+        logger.info("training from step %d to %d", self.step, tcfg.train_steps)
+        while self.step < tcfg.train_steps:
+            try:
+                self.train_step()
+            except NonFiniteError as e:
+                logger.error("%s", e)
+                self.save()
+                return 3
+            if tcfg.eval_interval and self.step % tcfg.eval_interval == 0:
+                self.telemetry.validate(self.step, self.engine, self.data, self.device)
+            if ccfg.save_interval and self.step % ccfg.save_interval == 0:
+                self.save()
+        if not ccfg.save_interval or self.step % ccfg.save_interval != 0:
+            self.save()
+        logger.info("done: %d steps, %d samples", self.step, self.consumed_samples)
+        return 0
+
+    def close(self) -> None:
+        self.telemetry.close()

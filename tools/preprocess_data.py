@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Tokenize raw text into Megatron MMIDIDX v1 indexed datasets, byte-compatible with Megatron-LM.
+
+    python tools/preprocess_data.py --input data/corpus.jsonl --tokenizer artifacts/tokenizer/qwen3 \\
+        --append-eod --output-prefix data/corpus --workers 4
+    # the Python standard library as a code corpus, in one command:
+    python tools/preprocess_data.py --input "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \\
+        --glob '**/*.py' --tokenizer artifacts/tokenizer/qwen3 --append-eod --output-prefix data/stdlib
+
+Writes ``{prefix}_{key}_document.bin/.idx`` per JSON key (as Megatron names them) and
+``{prefix}_summary.json`` (documents, tokens, dtype, tokenizer hashes, input files, empty /
+invalid / undecodable documents, elapsed). Outputs are written under temporary names and renamed
+when complete; the summary is written last, so a killed run leaves nothing under a final name.
+A run whose summary matches the inputs, options and tokenizer is skipped ("up to date") unless
+``--force``. ``--workers N`` gives byte-identical output to ``--workers 1`` (order is kept).
+
+Empty documents are kept as empty documents (a repeated document index, as Megatron does), so
+document j of the output is record j of the input; they are counted and logged. Token ids at or
+above the tokenizer's size are an error naming the record (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import megadfm  # noqa: E402
+from megadfm.data.indexed import CODE_OF_DTYPE, IndexedDatasetWriter, bin_path, dtype_for_vocab, idx_path  # noqa: E402
+from megadfm.data.sources import Record, count_records, discover, input_files, iter_records  # noqa: E402
+
+logger = logging.getLogger("preprocess_data")
+TOOL_VERSION = f"{megadfm.__version__}/preprocess-1"  # bump the suffix when the output bytes change
+CHUNK_DOCS, CHUNK_CHARS = 256, 1 << 20  # work unit sent to a worker: whichever limit is hit first
+MAX_LOGGED = 5  # per kind of problem, the first locations are logged individually
+
+
+class PreprocessError(RuntimeError):
+    """Bad input found while tokenizing; the message names the record."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", required=True,
+                   help="Files (.jsonl, .json, .jsonl.gz, .parquet), folders saved with datasets' save_to_disk, or "
+                        "folders whose files --glob selects (one document per file unless JSONL/parquet).")
+    p.add_argument("--glob", default=None, help="Pattern (recursive '**' allowed) selecting files inside --input folders.")
+    p.add_argument("--json-keys", nargs="+", default=["text"],
+                   help="Fields to tokenize; each gives its own output {prefix}_{key}_document (default: text).")
+    p.add_argument("--hf-split", default=None, help="Split to read when a saved HF dataset is a DatasetDict.")
+    p.add_argument("--tokenizer", required=True, help="Local HF tokenizer folder (never the network).")
+    p.add_argument("--append-eod", action="store_true", help="Append the end-of-document token to every non-empty document.")
+    p.add_argument("--eod-token", default="<|endoftext|>", help="Token appended by --append-eod (default: <|endoftext|>).")
+    p.add_argument("--output-prefix", required=True, help="Outputs are {prefix}_{key}_document.bin/.idx and {prefix}_summary.json.")
+    p.add_argument("--workers", type=int, default=1, help="Tokenizer processes; output is byte-identical for any value.")
+    p.add_argument("--max-documents", type=int, default=None, help="Stop after this many input records.")
+    p.add_argument("--force", action="store_true", help="Rebuild even when the summary says the outputs are up to date.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar (log lines only).")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers must be >= 1, got {args.workers}")
+    if args.max_documents is not None and args.max_documents < 1:
+        p.error(f"--max-documents must be >= 1, got {args.max_documents}")
+    return args
+
+
+def output_prefix(prefix: str, key: str) -> str:
+    return f"{prefix}_{key}_document"
+
+
+def summary_path(prefix: str) -> str:
+    return f"{prefix}_summary.json"
+
+
+def tokenizer_hashes(folder: str) -> Dict[str, str]:
+    """sha256 of every file of the tokenizer folder: a changed vocabulary or config invalidates outputs."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[name] = h.hexdigest()
+    return out
+
+
+def fingerprint(args: argparse.Namespace, files: List[Dict[str, object]], tok_hashes: Dict[str, str]) -> str:
+    """Hash of everything that determines the output bytes (not --workers: it changes nothing)."""
+    desc = {"tool_version": TOOL_VERSION, "files": files, "tokenizer": tok_hashes, "options": options(args)}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+def options(args: argparse.Namespace) -> Dict[str, object]:
+    return {"json_keys": args.json_keys, "glob": args.glob, "hf_split": args.hf_split, "append_eod": args.append_eod,
+            "eod_token": args.eod_token, "max_documents": args.max_documents}
+
+
+def up_to_date(args: argparse.Namespace, digest: str) -> bool:
+    """The summary exists, has this fingerprint, and every output it lists is there at its recorded size."""
+    path = summary_path(args.output_prefix)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    if summary.get("fingerprint") != digest:
+        return False
+    for out in summary["outputs"].values():
+        for file, size in ((bin_path(out["prefix"]), out["bin_bytes"]), (idx_path(out["prefix"]), out["idx_bytes"])):
+            if not os.path.isfile(file) or os.path.getsize(file) != size:
+                return False
+    return True
+
+
+# -- tokenization (runs in worker processes; the encoder is inherited through fork) ------------
+
+_ENCODER: Optional[Tuple[object, Optional[int]]] = None  # (tokenizers.Tokenizer, eod id or None)
+
+
+def encode_chunk(texts_per_key: List[List[str]]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Per key: (all token ids of the chunk concatenated, int64 length of each document)."""
+    assert _ENCODER is not None, "encode_chunk needs the encoder set up by run()"
+    backend, eod = _ENCODER
+    out = []
+    for texts in texts_per_key:
+        encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+        ids = [e.ids + [eod] if eod is not None and e.ids else e.ids for e in encodings]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        out.append((flat, lengths))
+    return out
+
+
+def chunks(records: Iterable[Record], keys: Sequence[str]) -> Iterator[List[Record]]:
+    batch: List[Record] = []
+    chars = 0
+    for rec in records:
+        batch.append(rec)
+        chars += sum(len(rec.texts[k]) for k in keys)
+        if len(batch) >= CHUNK_DOCS or chars >= CHUNK_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def ordered_map(pool, batches: Iterable[List[Record]], keys: Sequence[str], workers: int) \
+        -> Iterator[Tuple[List[Record], List[Tuple[np.ndarray, np.ndarray]]]]:
+    """encode_chunk over batches, results in input order; at most 2*workers chunks in flight (bounded memory)."""
+    if pool is None:
+        for batch in batches:
+            yield batch, encode_chunk([[r.texts[k] for r in batch] for k in keys])
+        return
+    pending: Deque = collections.deque()
+    for batch in batches:
+        pending.append((batch, pool.apply_async(encode_chunk, ([[r.texts[k] for r in batch] for k in keys],))))
+        if len(pending) >= 2 * workers:
+            done, result = pending.popleft()
+            yield done, result.get()
+    while pending:
+        done, result = pending.popleft()
+        yield done, result.get()
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
+    """Preprocess as ``args`` says; returns the summary. ``tokenizer`` skips reloading one already loaded."""
+    global _ENCODER
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # --workers is the only parallelism
+    started = time.time()
+    sources = discover(args.input, args.glob)
+    files = input_files(sources)
+    tok_hashes = tokenizer_hashes(args.tokenizer)
+    digest = fingerprint(args, files, tok_hashes)
+    if not args.force and up_to_date(args, digest):
+        logger.info("up to date: %s matches the inputs, options and tokenizer (use --force to rebuild)",
+                    summary_path(args.output_prefix))
+        with open(summary_path(args.output_prefix), encoding="utf-8") as f:
+            return json.load(f)
+    if os.path.exists(summary_path(args.output_prefix)):
+        os.remove(summary_path(args.output_prefix))  # outputs without a summary are never taken as up to date
+
+    if tokenizer is None:
+        from megadfm.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    vocab = len(tokenizer)
+    dtype = dtype_for_vocab(vocab)
+    eod = tokenizer.convert_tokens_to_ids(args.eod_token) if args.append_eod else None
+    if args.append_eod and (eod is None or tokenizer.convert_ids_to_tokens(eod) != args.eod_token):
+        raise PreprocessError(f"--eod-token {args.eod_token!r} is not a token of {args.tokenizer}")
+    _ENCODER = (tokenizer.backend_tokenizer, eod)
+    keys = list(args.json_keys)
+    logger.info("%d input files (%s), keys %s, tokenizer %s (%d tokens) -> %s, eod %s, %d worker(s)",
+                len(files), ", ".join(sorted({s.kind for s in sources})), keys, args.tokenizer, vocab, dtype.name,
+                eod, args.workers)
+
+    total = count_records(sources, args.hf_split)
+    if args.max_documents is not None:
+        total = args.max_documents if total is None else min(total, args.max_documents)
+    records = itertools.islice(iter_records(sources, keys, args.hf_split), args.max_documents)
+    stats = {k: collections.Counter() for k in keys}
+    writers = {k: IndexedDatasetWriter(output_prefix(args.output_prefix, k), dtype) for k in keys}
+    t0 = time.time()
+    pool = multiprocessing.get_context("fork").Pool(args.workers) if args.workers > 1 else None  # fork before tqdm's thread
+    bar = tqdm(total=total, unit="doc", desc="tokenizing", disable=args.no_progress, dynamic_ncols=True, mininterval=1.0)
+    try:
+        for batch, encoded in ordered_map(pool, chunks(records, keys), keys, args.workers):
+            for key, (flat, lengths) in zip(keys, encoded):
+                if flat.size and int(flat.max()) >= vocab:
+                    doc = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(flat >= vocab)), side="right"))
+                    raise PreprocessError(f"{batch[doc].location}: field {key!r} tokenized to id {int(flat.max())}, "
+                                          f">= the tokenizer's size {vocab} ({args.tokenizer})")
+                writers[key].add_documents(flat, lengths)
+                _count(stats[key], key, batch, lengths)
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{sum(s['tokens'] for s in stats.values()) / max(time.time() - t0, 1e-9):,.0f} tok/s",
+                                refresh=False)
+        for w in writers.values():
+            w.finalize()
+    except BaseException:
+        for w in writers.values():
+            w.abort()  # no half-written output under a temporary name either
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    summary = _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, time.time() - t0, time.time() - started)
+    tmp = summary_path(args.output_prefix) + f".tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, summary_path(args.output_prefix))
+    return summary
+
+
+def _count(counter: collections.Counter, key: str, batch: List[Record], lengths: np.ndarray) -> None:
+    counter["documents"] += len(batch)
+    counter["tokens"] += int(lengths.sum())
+    for rec, n in zip(batch, lengths.tolist()):
+        for kind, flagged in (("empty_documents", n == 0), ("invalid_documents", key in rec.invalid),
+                              ("undecodable_documents", key in rec.undecodable)):
+            if flagged:
+                counter[kind] += 1
+                if counter[kind] <= MAX_LOGGED:
+                    logger.warning("%s: %s field %r%s", rec.location, kind.replace("_documents", ""), key,
+                                   " (written as an empty document)" if kind != "undecodable_documents"
+                                   else " (bytes replaced by U+FFFD)")
+
+
+def _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, elapsed, wall) -> Dict[str, object]:
+    outputs = {}
+    for key, s in stats.items():
+        prefix = output_prefix(args.output_prefix, key)
+        outputs[key] = {"prefix": prefix, "documents": s["documents"], "tokens": s["tokens"],
+                        "empty_documents": s["empty_documents"], "invalid_documents": s["invalid_documents"],
+                        "undecodable_documents": s["undecodable_documents"],
+                        "bin_bytes": os.path.getsize(bin_path(prefix)), "idx_bytes": os.path.getsize(idx_path(prefix))}
+        logger.info("%s: %d documents, %d tokens, %d empty, %d invalid, %d undecodable", prefix, s["documents"],
+                    s["tokens"], s["empty_documents"], s["invalid_documents"], s["undecodable_documents"])
+    docs = next(iter(stats.values()))["documents"]
+    tokens = sum(s["tokens"] for s in stats.values())
+    logger.info("%d documents, %d tokens in %.1f s: %.0f documents/s, %.0f tokens/s", docs, tokens, elapsed,
+                docs / max(elapsed, 1e-9), tokens / max(elapsed, 1e-9))
+    return {
+        "tool": "tools/preprocess_data.py", "tool_version": TOOL_VERSION, "fingerprint": digest,
+        "documents": docs, "tokens": tokens, "dtype": dtype.name, "dtype_code": CODE_OF_DTYPE[dtype],
+        "empty_documents": sum(s["empty_documents"] for s in stats.values()),
+        "invalid_documents": sum(s["invalid_documents"] for s in stats.values()),
+        "undecodable_documents": sum(s["undecodable_documents"] for s in stats.values()),
+        "tokenizer": {"path": os.path.abspath(args.tokenizer), "size": vocab, "eod_token_id": eod, "sha256": tok_hashes},
+        "options": options(args), "workers": args.workers, "outputs": outputs, "input_files": files,
+        "elapsed_s": round(elapsed, 3), "wall_s": round(wall, 3),
+        "documents_per_s": round(docs / max(elapsed, 1e-9), 1), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
