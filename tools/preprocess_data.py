@@ -5,7 +5,8 @@
         --append-eod --output-prefix data/corpus --workers 4
     # the Python standard library as a code corpus, in one command:
     python tools/preprocess_data.py --input "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" \\
-        --glob '**/*.py' --tokenizer artifacts/tokenizer/qwen3 --append-eod --output-prefix data/stdlib
+        --glob '**/*.py' --exclude 'site-packages/*' --tokenizer artifacts/tokenizer/qwen3 --append-eod \\
+        --output-prefix data/stdlib
 
 Writes ``{prefix}_{key}_document.bin/.idx`` per JSON key (as Megatron names them) and
 ``{prefix}_summary.json`` (documents, tokens, dtype, tokenizer hashes, input files, empty /
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import hashlib
 import itertools
 import json
@@ -58,6 +60,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="Files (.jsonl, .json, .jsonl.gz, .parquet), folders saved with datasets' save_to_disk, or "
                         "folders whose files --glob selects (one document per file unless JSONL/parquet).")
     p.add_argument("--glob", default=None, help="Pattern (recursive '**' allowed) selecting files inside --input folders.")
+    p.add_argument("--exclude", nargs="*", default=[],
+                   help="Patterns of paths inside --input folders to skip, e.g. 'site-packages/*' 'test/*' (* crosses /).")
     p.add_argument("--json-keys", nargs="+", default=["text"],
                    help="Fields to tokenize; each gives its own output {prefix}_{key}_document (default: text).")
     p.add_argument("--hf-split", default=None, help="Split to read when a saved HF dataset is a DatasetDict.")
@@ -106,8 +110,8 @@ def fingerprint(args: argparse.Namespace, files: List[Dict[str, object]], tok_ha
 
 
 def options(args: argparse.Namespace) -> Dict[str, object]:
-    return {"json_keys": args.json_keys, "glob": args.glob, "hf_split": args.hf_split, "append_eod": args.append_eod,
-            "eod_token": args.eod_token, "max_documents": args.max_documents}
+    return {"json_keys": args.json_keys, "glob": args.glob, "exclude": args.exclude, "hf_split": args.hf_split,
+            "append_eod": args.append_eod, "eod_token": args.eod_token, "max_documents": args.max_documents}
 
 
 def up_to_date(args: argparse.Namespace, digest: str) -> bool:
@@ -176,6 +180,15 @@ def ordered_map(pool, batches: Iterable[List[Record]], keys: Sequence[str], work
         yield done, result.get()
 
 
+def remove_leftovers(prefixes: Sequence[str]) -> None:
+    """Delete temporaries a killed earlier run left next to these outputs (they are never complete)."""
+    for prefix in prefixes:
+        for path in sorted(glob.glob(glob.escape(bin_path(prefix)) + ".tmp.*")
+                           + glob.glob(glob.escape(idx_path(prefix)) + ".tmp.*")):
+            logger.warning("removing %s, left by an interrupted run", path)
+            os.remove(path)
+
+
 # -- the job -------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
@@ -183,7 +196,7 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     global _ENCODER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # --workers is the only parallelism
     started = time.time()
-    sources = discover(args.input, args.glob)
+    sources = discover(args.input, args.glob, args.exclude)
     files = input_files(sources)
     tok_hashes = tokenizer_hashes(args.tokenizer)
     digest = fingerprint(args, files, tok_hashes)
@@ -215,16 +228,19 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
         total = args.max_documents if total is None else min(total, args.max_documents)
     records = itertools.islice(iter_records(sources, keys, args.hf_split), args.max_documents)
     stats = {k: collections.Counter() for k in keys}
-    writers = {k: IndexedDatasetWriter(output_prefix(args.output_prefix, k), dtype) for k in keys}
+    remove_leftovers([output_prefix(args.output_prefix, k) for k in keys])
+    writers: Dict[str, IndexedDatasetWriter] = {}
     t0 = time.time()
     pool = multiprocessing.get_context("fork").Pool(args.workers) if args.workers > 1 else None  # fork before tqdm's thread
     bar = tqdm(total=total, unit="doc", desc="tokenizing", disable=args.no_progress, dynamic_ncols=True, mininterval=1.0)
     try:
+        writers.update((k, IndexedDatasetWriter(output_prefix(args.output_prefix, k), dtype)) for k in keys)
         for batch, encoded in ordered_map(pool, chunks(records, keys), keys, args.workers):
             for key, (flat, lengths) in zip(keys, encoded):
                 if flat.size and int(flat.max()) >= vocab:
-                    doc = int(np.searchsorted(np.cumsum(lengths), int(np.argmax(flat >= vocab)), side="right"))
-                    raise PreprocessError(f"{batch[doc].location}: field {key!r} tokenized to id {int(flat.max())}, "
+                    bad = int(np.argmax(flat >= vocab))
+                    doc = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+                    raise PreprocessError(f"{batch[doc].location}: field {key!r} tokenized to id {int(flat[bad])}, "
                                           f">= the tokenizer's size {vocab} ({args.tokenizer})")
                 writers[key].add_documents(flat, lengths)
                 _count(stats[key], key, batch, lengths)

@@ -248,6 +248,8 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
         raise ConversionError("unsupported Qwen3 config: " + "; ".join(problems))
     kwargs = {k: hf_config[k] for k in _CONFIG_FIELDS if k in hf_config and hf_config[k] is not None}
     kwargs["rope_theta"] = float(theta)
+    if "mask_token_id" in hf_config:  # written by hf_config_from_model_config; absent from Qwen3's own config.json
+        kwargs["mask_token_id"] = hf_config["mask_token_id"]
     known = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -261,6 +263,6 @@ def hf_config_from_model_config(cfg: ModelConfig) -> Dict[str, Any]:
     out: Dict[str, Any] = {k: getattr(cfg, k) for k in _CONFIG_FIELDS}
     out["head_dim"] = cfg.resolved_head_dim
     out.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_act="silu", rope_theta=cfg.rope_theta,
-               rope_scaling=None, use_sliding_window=False, attention_dropout=0.0)
+               rope_scaling=None, use_sliding_window=False, attention_dropout=0.0, mask_token_id=cfg.mask_token_id)
     return out
 

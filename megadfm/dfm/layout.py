@@ -1,14 +1,14 @@
 """Lay out a batch of generation requests as one padded batch (batch contract of megadfm/data/batch.py).
 
-Row b is ``prompt_b + [mask] * max_new_tokens + suffix_b`` followed by right padding, one
-document per row. Prompts and suffixes may differ in length across rows; every row decodes the same
-number of new positions, so a per-row time t means the same thing in every row.
+Row b is ``prompt_b + [mask] * n_b + suffix_b`` followed by right padding, one document per row.
+Prompts, suffixes and the number of new tokens n_b may differ across rows (``max_new_tokens`` is
+one int for all rows or one per row).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -21,18 +21,30 @@ class GenerationLayout:
     batch: Dict[str, torch.Tensor]  # input_ids hold the mask at every new position
     generate: torch.Tensor  # bool [B, L]: the new positions
     gen_start: torch.Tensor  # long [B]: column of the first new position
+    new_tokens: torch.Tensor  # long [B]: number of new positions n_b
     segment_start: torch.Tensor  # bool [B, L] from cu_seqlens (for the shift)
-    max_new_tokens: int
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.new_tokens.max())
+
+    def offset(self) -> torch.Tensor:
+        """long [B, L]: column minus the row's first new column (0 at the first new position)."""
+        cols = torch.arange(self.generate.shape[1], device=self.gen_start.device)
+        return cols[None, :] - self.gen_start[:, None]
 
 
-def build_layout(prompts: Sequence[Sequence[int]], max_new_tokens: int, mask_token_id: int, pad_token_id: int,
-                 shift: bool, suffixes: Optional[Sequence[Sequence[int]]] = None,
+def build_layout(prompts: Sequence[Sequence[int]], max_new_tokens: Union[int, Sequence[int]], mask_token_id: int,
+                 pad_token_id: int, shift: bool, suffixes: Optional[Sequence[Sequence[int]]] = None,
                  device: Optional[torch.device] = None) -> GenerationLayout:
     """The padded batch for ``prompts`` (+ optional infill ``suffixes``), new positions masked."""
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not prompts:
         raise ValueError("generate needs at least one prompt")
+    counts = [int(max_new_tokens)] * len(prompts) if isinstance(max_new_tokens, int) else [int(n) for n in max_new_tokens]
+    if len(counts) != len(prompts):
+        raise ValueError(f"{len(counts)} max_new_tokens for {len(prompts)} prompts")
+    if min(counts) <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {counts}")
     if suffixes is not None and len(suffixes) != len(prompts):
         raise ValueError(f"{len(suffixes)} suffixes for {len(prompts)} prompts")
     docs = []
@@ -46,14 +58,15 @@ def build_layout(prompts: Sequence[Sequence[int]], max_new_tokens: int, mask_tok
         suffix = [int(x) for x in suffixes[b]] if suffixes is not None else []
         if mask_token_id in suffix:
             raise ValueError(f"suffix {b} contains the mask token {mask_token_id}")
-        docs.append(prompt + [mask_token_id] * max_new_tokens + suffix)
+        docs.append(prompt + [mask_token_id] * counts[b] + suffix)
     batch = batch_from_documents(docs, pad_token_id=pad_token_id)
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     bsz, seq_len = batch["input_ids"].shape
     gen_start = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=batch["input_ids"].device)
+    new_tokens = torch.tensor(counts, dtype=torch.long, device=gen_start.device)
     cols = torch.arange(seq_len, device=gen_start.device)[None, :]
-    generate = (cols >= gen_start[:, None]) & (cols < gen_start[:, None] + max_new_tokens)
+    generate = (cols >= gen_start[:, None]) & (cols < (gen_start + new_tokens)[:, None])
     starts = segment_starts(batch["cu_seqlens"], bsz, seq_len)
     if bool((generate & ~predictable_positions(starts, shift)).any()):
         raise ValueError("a new position cannot be predicted under the shift convention")
-    return GenerationLayout(batch, generate, gen_start, starts, max_new_tokens)
+    return GenerationLayout(batch, generate, gen_start, new_tokens, starts)

@@ -26,7 +26,7 @@ Logits come from :func:`megadfm.dfm.shift.gather_predictions`, the same function
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -94,24 +94,25 @@ def _euler(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Sche
 def _confidence(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Scheduler, mask_id: int,
                 generator: torch.Generator) -> int:
     bsz, seq_len = x.shape
-    n_new = layout.max_new_tokens
-    block = cfg.block_length or n_new
-    blocks = [(a, min(a + block, n_new)) for a in range(0, n_new, block)]
+    n_max = layout.max_new_tokens
+    block = cfg.block_length or n_max
+    blocks = [(a, min(a + block, n_max)) for a in range(0, n_max, block)]
     steps_per_block = max(1, cfg.steps // len(blocks))
     ratio_after = scheduler.mask_ratio(time_grid(steps_per_block, cfg.time_grid, scheduler))[1:]
     ratio_after[-1] = 0.0
-    offset = torch.arange(seq_len, device=x.device)[None, :] - layout.gen_start[:, None]
+    offset = layout.offset()
     evals = 0
     for a, b in blocks:
         in_block = layout.generate & (offset >= a) & (offset < b)
+        block_size = in_block.sum(dim=1).double()  # rows with fewer new tokens have smaller (or empty) blocks
         for s in range(steps_per_block):
             still = in_block & (x == mask_id)
-            keep_masked = int(round((b - a) * float(ratio_after[s])))
+            keep_masked = torch.round(block_size * float(ratio_after[s])).long()
             k_rows = (still.sum(dim=1) - keep_masked).clamp(min=0)
             k_max = int(k_rows.max())
             if k_max == 0:
                 continue
-            ratio = (layout.generate & (x == mask_id)).sum(dim=1).double() / n_new
+            ratio = (layout.generate & (x == mask_id)).sum(dim=1).double() / layout.new_tokens.double()
             t = scheduler.t_for_mask_ratio(ratio).to(torch.float32)
             logits, target = predict_logits(model, x, t, layout, still, dfm.shift_logits)
             evals += 1
@@ -130,10 +131,10 @@ def _confidence(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler:
 
 
 def _all_rows_ended(x: torch.Tensor, layout: GenerationLayout, decoded_upto: int, eos: int) -> bool:
-    """Every row has an EOS among its first ``decoded_upto`` new positions (all decoded by then)."""
-    offset = torch.arange(x.shape[1], device=x.device)[None, :] - layout.gen_start[:, None]
-    done = layout.generate & (offset < decoded_upto)
-    return bool(((x == eos) & done).any(dim=1).all())
+    """Every row has an EOS among its first ``decoded_upto`` new positions (all decoded by then) or is complete."""
+    done = layout.generate & (layout.offset() < decoded_upto)
+    complete = layout.new_tokens <= decoded_upto
+    return bool((((x == eos) & done).any(dim=1) | complete).all())
 
 
 def _initial_state(layout: GenerationLayout, dfm: DFMConfig, mask_id: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,11 +149,12 @@ def _initial_state(layout: GenerationLayout, dfm: DFMConfig, mask_id: int, gener
 
 
 @torch.inference_mode()
-def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: SamplerConfig,
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: Union[int, Sequence[int]],
+             cfg: SamplerConfig,
              dfm: DFMConfig, scheduler: Optional[Scheduler] = None, *,
              suffixes: Optional[Sequence[Sequence[int]]] = None, mask_token_id: Optional[int] = None,
              pad_token_id: int = DEFAULT_PAD_TOKEN_ID, generator: Optional[torch.Generator] = None) -> SampleResult:
-    """Generate ``max_new_tokens`` after each prompt (before each suffix, for infill) with ``model``.
+    """Generate ``max_new_tokens`` (one int, or one per row) after each prompt (before each suffix, for infill).
 
     ``dfm`` must be the training run's DFMConfig (shift convention, scheduler, source).
     ``mask_token_id`` defaults to ``model.cfg.mask_token_id``. Deterministic given ``generator``
@@ -183,10 +185,10 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     tokens, finished = [], []
     for b in range(x.shape[0]):
         start_col = int(layout.gen_start[b])
-        row = x[b, start_col: start_col + max_new_tokens].tolist()
+        row = x[b, start_col: start_col + int(layout.new_tokens[b])].tolist()
         ended = cfg.eos_token_id is not None and cfg.eos_token_id in row
         tokens.append(row[: row.index(cfg.eos_token_id)] if ended else row)
         finished.append(ended)
-    new_tokens = x.shape[0] * max_new_tokens
+    new_tokens = int(layout.new_tokens.sum())
     return SampleResult(tokens=tokens, sequences=x.cpu(), finished=finished, steps=evals, model_evals=evals,
                         new_tokens=new_tokens, seconds=seconds, tokens_per_second=new_tokens / max(seconds, 1e-9))

@@ -48,7 +48,7 @@ class SampleResult:
     finished: List[bool]  # row produced an EOS
     steps: int  # solver steps that evaluated the model
     model_evals: int  # forward passes of the model
-    new_tokens: int  # positions decoded: B * max_new_tokens
+    new_tokens: int  # positions decoded: sum of max_new_tokens over rows
     seconds: float  # wall time of the decoding loop
     tokens_per_second: float  # new_tokens / seconds
 

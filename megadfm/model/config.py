@@ -37,14 +37,18 @@ class ModelConfig:
     attention_mode: Literal["bidirectional", "causal"] = doc(
         "bidirectional", "bidirectional for DFM; causal reproduces the AR Qwen3 (parity tests, AR warm-up).")
     time_conditioning: Literal["adaln", "adaln_single", "none"] = doc(
-        "adaln", "How t enters the model: per-layer AdaLN, one shared AdaLN projection plus per-layer offsets, or not at all.")
-    time_embedding_dim: int = doc(256, "Width of the sinusoidal embedding of t fed to the time MLP.")
+        "adaln", "How t enters the model: per-layer AdaLN (6*H^2 params per layer: ~705M for Qwen3-1.7B), one shared "
+        "AdaLN projection plus per-layer offsets (adaln_single: 6*H^2 + 6*H per layer, ~25M), or not at all. "
+        "Zero-initialized either way, so a converted model starts as the pretrained function.")
+    time_embedding_dim: int = doc(256, "Width of the sinusoidal embedding of 1000*t fed to the time MLP (its output is hidden_size wide).")
     kernels: Literal["auto", "torch", "fused"] = doc(
         "auto", "Kernel backend: torch references, fused GPU kernels (error if unavailable), or auto (fused where importable, logged).")
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (saves memory, costs ~30% compute).")
-    loss_chunk_size: int = doc(4096, "Tokens per chunk of the chunked linear cross-entropy (never materializes all logits).")
+    loss_chunk_size: int = doc(4096, "Tokens per chunk of the torch (chunked) linear cross-entropy: peak extra memory is about "
+                               "2 x loss_chunk_size x vocab_size fp32 (4096 -> ~5 GB at Qwen3's vocab); liger picks its own.")
     mask_token_id: int = doc(MASK_TOKEN_ID, "Id of <|mask|>; its logit is forced to -inf so it is never predicted.")
-    dtype: Literal["float32", "bfloat16"] = doc("float32", "Parameter/activation dtype (bf16 on GPU; fp32 on CPU and in tests).")
+    dtype: Literal["float32", "bfloat16"] = doc("float32", "Dtype the parameters are created in (activations follow them); "
+                                                "bf16 on GPU, fp32 on CPU and in tests. Norm statistics, softmax and loss are fp32 regardless.")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

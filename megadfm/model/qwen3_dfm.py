@@ -29,8 +29,8 @@ from megadfm.model.config import ModelConfig
 from megadfm.model.kernels import KernelSet, select_kernels
 from megadfm.model.kernels.attention import AttentionLayout
 from megadfm.model.kernels.rotary import rotary_cos_sin
-from megadfm.model.time_conditioning import (AdaLNProjection, TimeEmbedding, init_time_embedding, make_block_adaln,
-                                             zero_init_modulation)
+from megadfm.model.param_init import Embedding, Linear, ParamInit
+from megadfm.model.time_conditioning import AdaLNProjection, AdaLNTable, TimeEmbedding, make_block_adaln
 
 logger = logging.getLogger("megadfm.model")
 
@@ -38,9 +38,9 @@ IGNORE_INDEX = -100
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
         self.eps = eps
 
     def forward(self, x: torch.Tensor, kernels: KernelSet, shift: Optional[torch.Tensor] = None,
@@ -53,15 +53,16 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: ParamInit):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.resolved_head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_heads * self.head_dim, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
-        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)  # per head, before RoPE (Qwen3)
-        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        H, q, kv, bias = cfg.hidden_size, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, cfg.attention_bias
+        self.q_proj = Linear(H, q, bias, init)
+        self.k_proj = Linear(H, kv, bias, init)
+        self.v_proj = Linear(H, kv, bias, init)
+        self.o_proj = Linear(q, H, bias, init)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, init.dtype)  # per head, before RoPE (Qwen3)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, init.dtype)
 
     def forward(self, x, cos, sin, layout: AttentionLayout, kernels: KernelSet):
         B, L, _ = x.shape
@@ -74,11 +75,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: ParamInit):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, init)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, init)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, init)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -87,13 +88,13 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One Qwen3 decoder layer; with time conditioning, both sub-blocks are AdaLN-modulated."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: ParamInit):
         super().__init__()
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.adaln = make_block_adaln(cfg.time_conditioning, cfg.hidden_size)
+        self.self_attn = Attention(cfg, init)
+        self.mlp = MLP(cfg, init)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, init.dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, init.dtype)
+        self.adaln = make_block_adaln(cfg.time_conditioning, cfg.hidden_size, init)
 
     def forward(self, x, cos, sin, layout, kernels: KernelSet, cond: Optional[torch.Tensor]):
         """cond: the per-block input of the modulation (c [B, H] for adaln, the shared [B, 6, H] for adaln_single)."""
@@ -110,29 +111,25 @@ class Block(nn.Module):
 class Qwen3DFM(nn.Module):
     """Bidirectional Qwen3 + AdaLN(t). See docs/INTERFACES.md for the contract.
 
-    ``Qwen3DFM(cfg, seed=0)`` initializes every parameter deterministically from ``seed`` (a private
-    generator; the global RNG is untouched): the Qwen3/HF scheme (normal(0, initializer_range) for
-    linear and embedding weights, zero biases, unit norms), the time MLP normal(0,
-    initializer_range), and every modulation output zero.
+    ``Qwen3DFM(cfg, seed=0)`` initializes every parameter deterministically from ``seed`` while it is
+    built (param_init.py; a private generator, so the global RNG is untouched, and compatible with
+    deepspeed.zero.Init): the Qwen3/HF scheme of normal(0, initializer_range) linear and embedding
+    weights, zero biases and unit norms; the time MLP normal(0, initializer_range); every modulation
+    output zero. Parameters are created in ``cfg.dtype``.
     """
 
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.time_embedding = None
-        self.adaln_single = None
-        if cfg.time_conditioning != "none":
-            self.time_embedding = TimeEmbedding(cfg.time_embedding_dim, cfg.hidden_size)
-        if cfg.time_conditioning == "adaln_single":
-            self.adaln_single = AdaLNProjection(cfg.hidden_size)
+        init = ParamInit.seeded(seed, cfg.initializer_range, getattr(torch, cfg.dtype))
+        # construction order is the order random numbers are drawn in; reset_parameters replays it
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, init)
+        self.layers = nn.ModuleList(Block(cfg, init) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, init.dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, init)
+        self.time_embedding = TimeEmbedding(cfg.time_embedding_dim, cfg.hidden_size, init) if cfg.time_conditioning != "none" else None
+        self.adaln_single = AdaLNProjection(cfg.hidden_size, init) if cfg.time_conditioning == "adaln_single" else None
         self.activation_checkpointing = cfg.activation_checkpointing
-        self.reset_parameters(seed)
-        if cfg.dtype == "bfloat16":
-            self.to(torch.bfloat16)
         self._kernels: Dict[str, KernelSet] = {}
         # resolve now for the device training will use, so the choice (or the error) comes first in the log
         self.kernels_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -146,22 +143,17 @@ class Qwen3DFM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        std = self.cfg.initializer_range
-        for name, module in self.named_modules():  # named_modules order is deterministic
-            if isinstance(module, (nn.Linear, nn.Embedding)) and not _is_time_module(name):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+        """Re-initialize in place exactly as ``Qwen3DFM(cfg, seed)`` would (not under ZeRO-3 partitioning)."""
+        init = ParamInit.seeded(seed, self.cfg.initializer_range, self.embed_tokens.weight.dtype)
+        for module in self.modules():  # pre-order = construction order of the leaves
+            if isinstance(module, (Linear, Embedding)):
+                module._param_init = init
+                module.reset_parameters()
+                module._param_init = None
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
-        if self.time_embedding is not None:
-            init_time_embedding(self.time_embedding, std, gen)
-        for layer in self.layers:
-            if layer.adaln is not None:
-                zero_init_modulation(layer.adaln)
-        if self.adaln_single is not None:
-            zero_init_modulation(self.adaln_single)
+            elif isinstance(module, AdaLNTable):
+                module.table.zero_()
 
     @torch.no_grad()
     def init_mask_embedding(self) -> None:
@@ -178,10 +170,12 @@ class Qwen3DFM(nn.Module):
     def load_backbone_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a converted Qwen3 state dict; only time-conditioning parameters may be absent (they keep
         their zero init, so the model equals the checkpoint). Anything else missing or unexpected is an error."""
-        result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if self.parameter_group(k) != "time_conditioning"]
-        if missing or result.unexpected_keys:
-            raise KeyError(f"state dict does not match Qwen3DFM: missing {missing}, unexpected {result.unexpected_keys}")
+        own = self.state_dict(keep_vars=True)
+        missing = sorted(k for k in own if k not in state_dict and self.parameter_group(k) != "time_conditioning")
+        unexpected = sorted(k for k in state_dict if k not in own)
+        if missing or unexpected:  # checked before loading anything, so a bad dict leaves the model untouched
+            raise KeyError(f"state dict does not match Qwen3DFM: missing {missing}, unexpected {unexpected}")
+        self.load_state_dict(state_dict, strict=False)  # shape mismatches still raise here
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from megadfm.model.param_init import Linear, ParamInit
+
 N_MODULATIONS = 6
 """shift/scale/gate for the attention sub-block, then for the MLP sub-block."""
 
@@ -46,11 +48,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class TimeEmbedding(nn.Module):
     """t [B] -> conditioning vector c [B, H]: sinusoid -> Linear -> SiLU -> Linear."""
 
-    def __init__(self, frequency_dim: int, hidden_size: int):
+    def __init__(self, frequency_dim: int, hidden_size: int, init: ParamInit):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.linear_1 = nn.Linear(frequency_dim, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        self.linear_1 = Linear(frequency_dim, hidden_size, True, init)  # normal(0, std), zero bias
+        self.linear_2 = Linear(hidden_size, hidden_size, True, init)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         emb = timestep_embedding(t, self.frequency_dim).to(self.linear_1.weight.dtype)
@@ -60,9 +62,9 @@ class TimeEmbedding(nn.Module):
 class AdaLNProjection(nn.Module):
     """SiLU(c) -> Linear(H, 6H): the modulation projection (per block, or the shared adaln_single one)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, init: ParamInit):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, N_MODULATIONS * hidden_size)
+        self.proj = Linear(hidden_size, N_MODULATIONS * hidden_size, True, init, zero=True)  # zero: exact at init
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(c)).view(c.shape[0], N_MODULATIONS, -1)
@@ -71,34 +73,21 @@ class AdaLNProjection(nn.Module):
 class AdaLNTable(nn.Module):
     """adaln_single's per-block learned offsets [6, H], added to the shared modulation."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, init: ParamInit):
         super().__init__()
-        self.table = nn.Parameter(torch.zeros(N_MODULATIONS, hidden_size))
+        self.table = nn.Parameter(torch.zeros(N_MODULATIONS, hidden_size, dtype=init.dtype))  # zero: exact at init
 
     def forward(self, shared: torch.Tensor) -> torch.Tensor:
         return shared + self.table[None]
 
 
-def make_block_adaln(mode: str, hidden_size: int) -> Optional[nn.Module]:
+def make_block_adaln(mode: str, hidden_size: int, init: ParamInit) -> Optional[nn.Module]:
     """The per-block module (``layers.{i}.adaln``) for a time-conditioning mode."""
     if mode == "adaln":
-        return AdaLNProjection(hidden_size)
+        return AdaLNProjection(hidden_size, init)
     if mode == "adaln_single":
-        return AdaLNTable(hidden_size)
+        return AdaLNTable(hidden_size, init)
     if mode == "none":
         return None
     raise ValueError(f"time_conditioning must be adaln, adaln_single or none, got {mode!r}")
 
-
-def zero_init_modulation(module: nn.Module) -> None:
-    """Zero every modulation output (projection weight and bias, offset table)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.zero_()
-
-
-def init_time_embedding(module: TimeEmbedding, std: float, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        for linear in (module.linear_1, module.linear_2):
-            linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * std)
-            linear.bias.zero_()

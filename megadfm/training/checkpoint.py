@@ -22,6 +22,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -38,6 +40,7 @@ TAG_RE = re.compile(r"^step_(\d{8})$")
 INCOMPLETE_PREFIX = ".incomplete-"
 META_FILE = "megadfm_meta.json"
 LATEST_FILE = "latest"
+UNIVERSAL_SUFFIX = "_universal"
 
 
 def tag_for_step(step: int) -> str:
@@ -212,8 +215,9 @@ class CheckpointManager:
         delay = float(os.environ.get("MEGADFM_TEST_SAVE_DELAY_S", "0"))  # test hook: widen the window for a real SIGKILL
         if delay:
             time.sleep(delay)
-        if os.environ.get("MEGADFM_TEST_FAIL_SAVE") == "1":  # test hook: a save that fails after writing its files
-            raise OSError(f"MEGADFM_TEST_FAIL_SAVE: simulated write failure while saving {tmp_dir}")
+        fail_at = os.environ.get("MEGADFM_TEST_FAIL_SAVE_AT_STEP")  # test hook: a save that fails after writing its files
+        if fail_at is not None and int(fail_at) == step:
+            raise OSError(f"MEGADFM_TEST_FAIL_SAVE_AT_STEP={fail_at}: simulated write failure while saving {tmp_dir}")
         if self.rank == 0:
             full_meta = dict(meta, step=step, world_size=self.world_size, saved_at=time.time(), tag=tag)
             with open(os.path.join(tmp_dir, META_FILE), "w") as f:
@@ -240,6 +244,7 @@ class CheckpointManager:
         for s in steps:
             if s not in keep:
                 shutil.rmtree(os.path.join(self.root, tag_for_step(s)))
+                shutil.rmtree(os.path.join(self.root, tag_for_step(s) + UNIVERSAL_SUFFIX), ignore_errors=True)
                 logger.info("retention: removed checkpoint %s", tag_for_step(s))
 
     # -- loading -------------------------------------------------------------------------------
@@ -247,17 +252,51 @@ class CheckpointManager:
         with open(os.path.join(self.root, tag_for_step(step), META_FILE)) as f:
             return json.load(f)
 
+    def needs_universal(self, step: int) -> bool:
+        """True when checkpoint ``step`` was saved on another data-parallel world size than this run's."""
+        return int(self.read_meta(step).get("world_size", self.world_size)) != self.world_size
+
+    def prepare_universal(self, step: int) -> str:
+        """Convert checkpoint ``step`` to DeepSpeed's universal format (once; rank 0, others wait).
+
+        ZeRO shards are cut for one world size; the universal format stores every parameter and its
+        optimizer moments whole, so a run on another world size can re-shard them on load
+        (DeepSpeed's ``ds_to_universal``; the engine must be built with ``checkpoint.load_universal``).
+        """
+        tag = tag_for_step(step)
+        out = os.path.join(self.root, tag + UNIVERSAL_SUFFIX)
+        if self.rank == 0 and not os.path.isdir(out):
+            tmp = os.path.join(self.root, INCOMPLETE_PREFIX + tag + UNIVERSAL_SUFFIX)
+            shutil.rmtree(tmp, ignore_errors=True)
+            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                   os.path.join(self.root, tag), "--output_folder", tmp, "--num_extract_workers", "1",
+                   "--num_merge_workers", "1", "--inject_missing_state"]
+            logger.info("checkpoint %s was saved on world size %d, this run has %d: converting to a universal "
+                        "checkpoint (%s)", tag, self.read_meta(step)["world_size"], self.world_size, " ".join(cmd))
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ds_to_universal failed on {os.path.join(self.root, tag)} (exit {proc.returncode}):\n"
+                                   f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            fsync_tree(tmp)
+            os.rename(tmp, out)
+        _barrier()
+        return out
+
     def load(self, engine, step: int, restore_rng: bool = True) -> LoadedCheckpoint:
-        """Load checkpoint ``step`` into ``engine`` (module, optimizer, LR scheduler) on every rank."""
+        """Load checkpoint ``step`` into ``engine`` (module, optimizer, LR scheduler) on every rank.
+
+        If it was saved on another world size, its universal form is loaded instead (see
+        :meth:`prepare_universal`); per-rank RNG states are then not restored (ranks differ).
+        """
         tag = tag_for_step(step)
         path = os.path.join(self.root, tag)
         meta = self.read_meta(step)
-        saved_ws = int(meta.get("world_size", self.world_size))
-        if saved_ws != self.world_size:
-            raise RuntimeError(
-                f"{path} was saved with data-parallel world size {saved_ws}, this run has {self.world_size}. "
-                "Resume on another world size goes through a universal checkpoint: see megadfm.training.reshard "
-                "(the engine does this automatically when training.resume_reshard is true).")
+        if self.needs_universal(step):
+            if not engine.load_universal_checkpoint():
+                raise RuntimeError(f"{path} was saved with world size {meta['world_size']}; this run has "
+                                   f"{self.world_size}: build the engine with checkpoint.load_universal (the trainer does)")
+            tag = tag + UNIVERSAL_SUFFIX
+            restore_rng = False
         load_path, client_state = engine.load_checkpoint(self.root, tag=tag, load_optimizer_states=True,
                                                          load_lr_scheduler_states=True)
         if load_path is None:

@@ -34,6 +34,8 @@ class TrainingConfig:
     precision: Literal["fp32", "bf16"] = doc("fp32", "fp32 on CPU; bf16 on GPU.")
     zero_init: bool = doc(False, "With ZeRO-3, build the model under deepspeed.zero.Init so no rank ever holds all parameters.")
     init_from: Optional[str] = doc(None, "null: from scratch; a folder made by tools/convert_hf_to_megadfm.py; or a megadfm checkpoint dir.")
+    exit_after_steps: Optional[int] = doc(
+        None, "Stop this invocation (with a checkpoint) once this many optimizer steps have run in total, as Megatron's --exit-interval; the schedule still spans train_steps.")
     log_interval: int = doc(10, "Optimizer steps between log lines / telemetry flushes.")
     eval_interval: int = doc(100, "Optimizer steps between validation passes (0 disables).")
     eval_batches: int = doc(4, "Batches per validation pass.")

@@ -1,26 +1,15 @@
-"""The training run: set-up, the step loop, checkpoints and resume (called by pretrain_dfm.py)."""
+"""The training run entry (called by pretrain_dfm.py): process group, logging, trainer."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import sys
-import time
-from typing import Any, Dict, Optional
+import warnings
+from typing import Optional
 
-import torch
-
-from megadfm.config import MegaDFMConfig, config_to_yaml, dump_config
-from megadfm.training.checkpoint import CheckpointManager
-from megadfm.training.distributed import barrier, init_distributed
-
-logger = logging.getLogger("megadfm")
-
-
-class NonFiniteError(RuntimeError):
-    """Loss or gradient norm became NaN/Inf."""
+from megadfm.config import MegaDFMConfig
+from megadfm.training.distributed import init_distributed
 
 
 def setup_logging(rank: int) -> None:
@@ -29,15 +18,23 @@ def setup_logging(rank: int) -> None:
                         stream=sys.stdout, force=True)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # DeepSpeed 0.19 calls torch's deprecated reduce_scatter_tensor every step: one line per step of noise.
+    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*", category=FutureWarning)
 
 
 def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None) -> int:
-    rank, world_size, _ = init_distributed()
+    rank, _, _ = init_distributed()
     setup_logging(rank)
     from megadfm.training.trainer import Trainer  # heavy imports after logging is set up
 
-    trainer = Trainer(cfg, rank, world_size)
+    trainer = Trainer(cfg, rank, _world_size())
     try:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()

@@ -8,6 +8,7 @@ for the wrapper's whole forward and backward.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict
 
 import torch
@@ -33,9 +34,17 @@ class DFMTrainingModule(nn.Module):
 
         deepspeed.zero.register_external_parameter(self, self.model.output_weight)
 
-    def forward(self, batch: Dict[str, torch.Tensor], t: torch.Tensor, generator: torch.Generator) -> DFMLossOutput:
-        return dfm_loss(self.model, batch, t, self.dfm_cfg, self.scheduler, generator, pad_token_id=self.pad_token_id)
+    def forward(self, batch: Dict[str, torch.Tensor], t: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """A plain dict of tensors (not the dataclass): DeepSpeed attaches its ZeRO-3 backward hooks
+        only to tensors inside tuples, lists and dicts, and the hook is what re-gathers the tied head
+        weight for the loss's backward. :func:`as_loss_output` turns it back into a DFMLossOutput."""
+        out = dfm_loss(self.model, batch, t, self.dfm_cfg, self.scheduler, generator, pad_token_id=self.pad_token_id)
+        return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
 
     def parameter_group(self, name: str) -> str:
         """Group of a wrapper parameter name ('model.layers.0...' -> the model's grouping)."""
         return self.model.parameter_group(name[len("model."):] if name.startswith("model.") else name)
+
+
+def as_loss_output(out: Dict[str, torch.Tensor]) -> DFMLossOutput:
+    return DFMLossOutput(**out)

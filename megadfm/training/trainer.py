@@ -27,7 +27,7 @@ from megadfm.training.init_weights import fingerprint, load_checkpoint_weights, 
 from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
 from megadfm.training.optim import build_optimizer
-from megadfm.training.train_module import DFMTrainingModule
+from megadfm.training.train_module import DFMTrainingModule, as_loss_output
 from megadfm.training.training_data import TrainingData
 
 logger = logging.getLogger("megadfm")
@@ -70,11 +70,15 @@ class Trainer:
         self.module = DFMTrainingModule(model, cfg.dfm, self.scheduler, cfg.data.pad_token_id)
         if tcfg.zero_stage == 3:
             self.module.register_zero3_external_parameters()
+        self.ckpt = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint, rank, world_size)
+        self.resume_from = self.ckpt.latest_step() if cfg.checkpoint.resume else None
+        if self.resume_from is not None and self.ckpt.needs_universal(self.resume_from):
+            self.ckpt.prepare_universal(self.resume_from)
+            self.ds_config["checkpoint"] = {"load_universal": True}
         optimizer = build_optimizer(self.module, tcfg, self.module.parameter_group)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, tcfg))
         self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
             model=self.module, optimizer=optimizer, lr_scheduler=lr_sched, config=self.ds_config)
-        self.ckpt = CheckpointManager(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint, rank, world_size)
 
         self.step = 0
         self.consumed_samples = 0
@@ -113,12 +117,9 @@ class Trainer:
         return model
 
     def _resume_if_possible(self) -> None:
-        if not self.cfg.checkpoint.resume:
+        if self.resume_from is None:
             return
-        latest = self.ckpt.latest_step()
-        if latest is None:
-            return
-        loaded = self.ckpt.load(self.engine, latest)
+        loaded = self.ckpt.load(self.engine, self.resume_from)
         state = loaded.client_state
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
@@ -144,13 +145,15 @@ class Trainer:
         self.engine.train()
         losses = []
         tokens = 0
+        sample_ids = []
         for micro in range(tcfg.grad_accum_steps):
             batch = self.data.next_train_batch(self.device)
             t, gen = self._noise(self.step, micro, batch["input_ids"].shape[0])
-            out = self.engine(batch, t, gen)
+            out = as_loss_output(self.engine(batch, t, gen))
             self.telemetry.record_micro_batch(out, batch)
             self.engine.backward(out.loss)
             losses.append(out.loss.detach())
+            sample_ids.append(batch["sample_index"].cpu())
             tokens += int(batch["loss_mask"].sum())
             if micro < tcfg.grad_accum_steps - 1:
                 self.engine.step()  # DeepSpeed only counts the micro-step before the boundary
@@ -178,6 +181,7 @@ class Trainer:
         elapsed = time.time() - start
         tps = float(tokens_all) / elapsed
         record = {"step": self.step, "loss": float(loss_global), "lr": lr, "grad_accum_steps": tcfg.grad_accum_steps,
+                  "batch_hash": self._batch_hash(torch.cat(sample_ids)),
                   "tokens_per_s": tps, "step_time_s": elapsed, "consumed_samples": self.consumed_samples,
                   "skipped": bool(skip)}
         m = mfu(self.cfg.model, self.cfg.data.seq_len, tps / self.world_size, self.peak_flops)
@@ -194,6 +198,17 @@ class Trainer:
         if action == "stop":
             raise NonFiniteError(f"step {self.step}: loss spike with telemetry.spike_action=stop")
         return record
+
+    def _batch_hash(self, local_ids: torch.Tensor) -> str:
+        """Identity of the global batch (sorted sample indices of all ranks): equal across world sizes
+        exactly when the data order is."""
+        import hashlib
+
+        if dist.is_initialized() and self.world_size > 1:
+            parts = [torch.zeros_like(local_ids) for _ in range(self.world_size)]
+            dist.all_gather(parts, local_ids)
+            local_ids = torch.cat(parts)
+        return hashlib.sha1(",".join(map(str, sorted(local_ids.tolist()))).encode()).hexdigest()[:16]
 
     def _skip_update(self) -> None:
         """Skip the update: zero the gradients and the LR for this step (AdamW then leaves the weights
@@ -222,8 +237,10 @@ class Trainer:
         if self.step >= tcfg.train_steps:
             logger.info("nothing to do: step %d >= training.train_steps %d", self.step, tcfg.train_steps)
             return 0
-        logger.info("training from step %d to %d", self.step, tcfg.train_steps)
-        while self.step < tcfg.train_steps:
+        stop_at = min(tcfg.train_steps, tcfg.exit_after_steps or tcfg.train_steps)
+        logger.info("training from step %d to %d%s", self.step, tcfg.train_steps,
+                    f" (this invocation exits after step {stop_at}: training.exit_after_steps)" if stop_at < tcfg.train_steps else "")
+        while self.step < stop_at:
             try:
                 self.train_step()
             except NonFiniteError as e:
@@ -236,6 +253,9 @@ class Trainer:
                 self.save()
         if not ccfg.save_interval or self.step % ccfg.save_interval != 0:
             self.save()
+        if stop_at < tcfg.train_steps:
+            logger.info("exiting at step %d of %d (training.exit_after_steps); rerun the same command to resume", self.step, tcfg.train_steps)
+            return 0
         logger.info("done: %d steps, %d samples", self.step, self.consumed_samples)
         return 0
 

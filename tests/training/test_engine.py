@@ -1,0 +1,131 @@
+"""The DeepSpeed engine end to end: real launchers, real ZeRO-3 over gloo, real corpus and tokenizer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.training.engine_helpers import (assert_ok, kill_group, run, start, step_records, tiny_config, wait_for,
+                                           write_config)
+
+
+def complete_steps(run_dir):
+    root = os.path.join(run_dir, "checkpoints")
+    return sorted(int(n.split("_")[1]) for n in os.listdir(root) if n.startswith("step_") and not n.endswith("_universal")
+                  and os.path.isfile(os.path.join(root, n, "megadfm_meta.json")))
+
+
+def latest_tag(run_dir):
+    with open(os.path.join(run_dir, "checkpoints", "latest")) as f:
+        return f.read().strip()
+
+
+def test_zero3_two_processes_loss_decreases(tmp_path, stdlib_prefix, tokenizer_dir):
+    run_dir = str(tmp_path / "run")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir,
+                      training={"train_steps": 30, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 3, "micro_batch_size": 4},
+                      checkpoint={"save_interval": 0})
+    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=2)
+    assert_ok(proc)
+    assert "world size 2" in proc.stdout and "ZeRO stage 3" in proc.stdout
+    recs = step_records(run_dir)
+    assert sorted(recs) == list(range(1, 31))
+    first = sum(recs[s]["loss"] for s in range(1, 6)) / 5
+    last = sum(recs[s]["loss"] for s in range(26, 31)) / 5
+    assert last < first - 1.0, (first, last)
+    assert all(recs[s]["grad_norm/total"] > 0 for s in recs)
+    assert complete_steps(run_dir) == [30]
+
+
+def _resume_pair(tmp_path, stdlib_prefix, tokenizer_dir, first_nproc, second_nproc, accum_first, accum_second):
+    """Uninterrupted 2k steps vs k steps + resume; returns (uninterrupted records, resumed records)."""
+    k = 4
+    base = dict(train_steps=2 * k, micro_batch_size=2, global_batch_size=4)
+    full_dir, part_dir = str(tmp_path / "full"), str(tmp_path / "part")
+    full = tiny_config(full_dir, stdlib_prefix, tokenizer_dir, training=dict(base, grad_accum_steps=accum_second),
+                       checkpoint={"save_interval": 0})
+    assert_ok(run(write_config(str(tmp_path / "full.yaml"), full), nproc=second_nproc,
+                  launcher="deepspeed" if second_nproc > 1 else "python"))
+    part = tiny_config(part_dir, stdlib_prefix, tokenizer_dir, training=dict(base, grad_accum_steps=accum_first),
+                       checkpoint={"save_interval": k})
+    part_path = write_config(str(tmp_path / "part.yaml"), part)
+    assert_ok(run(part_path, nproc=first_nproc, launcher="deepspeed" if first_nproc > 1 else "python",
+                  overrides=[f"training.exit_after_steps={k}"]))
+    assert complete_steps(part_dir) == [k]
+    resumed = run(part_path, nproc=second_nproc, launcher="deepspeed" if second_nproc > 1 else "python",
+                  overrides=[f"training.grad_accum_steps={accum_second}"])
+    assert_ok(resumed)
+    assert f"resumed from" in resumed.stdout and f"step {k}" in resumed.stdout
+    return step_records(full_dir), step_records(part_dir), resumed
+
+
+def test_exact_resume_is_bitwise(tmp_path, stdlib_prefix, tokenizer_dir):
+    full, part, _ = _resume_pair(tmp_path, stdlib_prefix, tokenizer_dir, 2, 2, 1, 1)
+    assert sorted(full) == sorted(part) == list(range(1, 9))
+    for s in range(1, 9):
+        assert part[s]["batch_hash"] == full[s]["batch_hash"], s
+        assert part[s]["loss"] == full[s]["loss"], (s, part[s]["loss"], full[s]["loss"])  # bitwise on CPU
+        assert part[s]["lr"] == full[s]["lr"]
+
+
+def test_resume_on_another_world_size(tmp_path, stdlib_prefix, tokenizer_dir):
+    """1 process (accumulation 2) for k steps, then 2 processes (accumulation 1) via a universal checkpoint:
+    the data order is exact, the losses equal to float-reduction-order tolerance."""
+    full, part, resumed = _resume_pair(tmp_path, stdlib_prefix, tokenizer_dir, 1, 2, 2, 1)
+    assert "converting to a universal checkpoint" in resumed.stdout
+    for s in range(1, 9):
+        assert part[s]["batch_hash"] == full[s]["batch_hash"], s
+        assert part[s]["loss"] == pytest.approx(full[s]["loss"], rel=1e-4, abs=1e-4), s
+
+
+def test_kill_during_training_then_resume(tmp_path, stdlib_prefix, tokenizer_dir):
+    run_dir = str(tmp_path / "run")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 400},
+                      checkpoint={"save_interval": 2, "keep_last": 2})
+    path = write_config(str(tmp_path / "c.yaml"), cfg)
+    proc = start(path, nproc=2, log_path=str(tmp_path / "first.log"))
+    try:
+        assert wait_for(lambda: os.path.isdir(os.path.join(run_dir, "checkpoints")) and complete_steps(run_dir)
+                        and complete_steps(run_dir)[-1] >= 4, timeout=240), open(tmp_path / "first.log").read()[-3000:]
+    finally:
+        kill_group(proc)
+    killed_at = max(step_records(run_dir))
+    latest = complete_steps(run_dir)[-1]
+    second = run(path, nproc=2, overrides=[f"training.train_steps={killed_at + 4}"])
+    assert_ok(second)
+    assert f"resumed from" in second.stdout
+    resumed_step = int(second.stdout.split("resumed from")[1].split("step ")[1].split(",")[0])
+    assert resumed_step >= latest
+    assert max(step_records(run_dir)) == killed_at + 4
+
+
+def test_failed_save_keeps_previous_latest_and_retention(tmp_path, stdlib_prefix, tokenizer_dir):
+    run_dir = str(tmp_path / "run")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 7},
+                      checkpoint={"save_interval": 1, "keep_last": 2, "keep_every": 3})
+    path = write_config(str(tmp_path / "c.yaml"), cfg)
+    crashed = run(path, nproc=2, env={"MEGADFM_TEST_FAIL_SAVE_AT_STEP": "5"})
+    assert crashed.returncode != 0
+    assert "simulated write failure" in crashed.stdout + crashed.stderr
+    assert latest_tag(run_dir) == "step_00000004"
+    assert complete_steps(run_dir) == [3, 4]  # keep_last 2 plus every 3rd
+    assert os.path.isdir(os.path.join(run_dir, "checkpoints", ".incomplete-step_00000005"))
+    again = run(path, nproc=2)
+    assert_ok(again)
+    assert "ignoring incomplete checkpoint" in again.stdout
+    assert "resumed from" in again.stdout and "step 4," in again.stdout
+    assert complete_steps(run_dir) == [3, 6, 7]
+    assert latest_tag(run_dir) == "step_00000007"
+    assert not any(n.startswith(".incomplete") for n in os.listdir(os.path.join(run_dir, "checkpoints")))
+
+
+def test_batch_arithmetic_error_is_explained(tmp_path, stdlib_prefix, tokenizer_dir):
+    cfg = tiny_config(str(tmp_path / "run"), stdlib_prefix, tokenizer_dir,
+                      training={"micro_batch_size": 2, "grad_accum_steps": 1, "global_batch_size": 8})
+    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=1, launcher="python")
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "training.global_batch_size" in text and "8 != micro_batch_size 2 x grad_accum_steps 1 x data-parallel size 1 = 2" in text
+    assert "grad_accum_steps=4" in text
