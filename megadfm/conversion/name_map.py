@@ -128,11 +128,16 @@ def time_conditioning_names(cfg: ModelConfig) -> Dict[str, Shape]:
 
 
 def _check(sd: Mapping[str, Any], expected: Mapping[str, Shape], optional: Mapping[str, Shape], what: str) -> None:
+    check_shapes({k: tuple(v.shape) for k, v in sd.items()}, expected, optional, what)
+
+
+def check_shapes(shapes: Mapping[str, Shape], expected: Mapping[str, Shape], optional: Mapping[str, Shape], what: str) -> None:
+    """Raise a ConversionError listing every missing, unexpected and mis-shaped name (names and shapes only)."""
     problems = []
-    missing = sorted(k for k in expected if k not in sd)
-    unexpected = sorted(k for k in sd if k not in expected and k not in optional)
-    wrong = [f"{k}: got {tuple(sd[k].shape)}, expected {shape}" for k, shape in {**expected, **optional}.items()
-             if k in sd and tuple(sd[k].shape) != tuple(shape)]
+    missing = sorted(k for k in expected if k not in shapes)
+    unexpected = sorted(k for k in shapes if k not in expected and k not in optional)
+    wrong = [f"{k}: got {tuple(shapes[k])}, expected {tuple(shape)}" for k, shape in {**expected, **optional}.items()
+             if k in shapes and tuple(shapes[k]) != tuple(shape)]
     if missing:
         problems.append(f"missing keys ({len(missing)}): {missing}")
     if unexpected:
@@ -209,6 +214,81 @@ def megadfm_to_hf_state_dict(sd: Mapping[str, torch.Tensor], cfg: ModelConfig, t
             raise ConversionError("cannot drop time conditioning: these modulation outputs are trained (nonzero), so a "
                                   f"plain Qwen3 would compute a different function: {nonzero}")
     return out
+
+
+# ---- name/shape plans (for streaming converters that never hold a whole state dict) ------------
+
+@dataclass
+class ConversionPlan:
+    """Which source tensor becomes which output tensor, checked against the table before any data is read.
+
+    ``rename``: source name -> output name, in source order; ``added``: output names that do not
+    exist in the source (created by the converter, with their shapes); ``dropped``: source names
+    left out, each with the reason.
+    """
+
+    rename: Dict[str, str]
+    added: Dict[str, Shape]
+    dropped: Dict[str, str]
+
+    def report(self) -> Dict[str, Any]:
+        return {"mapped": len(self.rename), "added": sorted(self.added), "dropped": dict(sorted(self.dropped.items()))}
+
+
+def hf_import_plan(hf_shapes: Mapping[str, Shape], cfg: ModelConfig) -> ConversionPlan:
+    """The plan of :func:`hf_to_megadfm_state_dict` from names and shapes only.
+
+    Time conditioning present in the source (a megadfm export) is mapped as a complete set; absent,
+    its megadfm names are ``added`` (the converter creates them, zero modulation). A tied
+    ``lm_head.weight`` is ``dropped``: the caller must check it equals the embedding.
+    """
+    table = backbone_names(cfg)
+    time_hf = {HF_PREFIX + n: shape for n, shape in time_conditioning_names(cfg).items()}
+    optional = dict(time_hf)
+    if cfg.tie_word_embeddings:
+        optional["lm_head.weight"] = (cfg.vocab_size, cfg.hidden_size)
+    check_shapes(hf_shapes, {hf: shape for hf, (_, shape) in table.items()}, optional, "HF Qwen3 checkpoint")
+    present = [k for k in time_hf if k in hf_shapes]
+    if present and len(present) != len(time_hf):
+        raise ConversionError(f"partial time conditioning: missing {sorted(set(time_hf) - set(present))}")
+    rename, dropped = {}, {}
+    for name in hf_shapes:
+        if name in table:
+            rename[name] = table[name][0]
+        elif name in time_hf:
+            rename[name] = name[len(HF_PREFIX):]
+        else:  # only the tied head is left (check_shapes let nothing else through)
+            dropped[name] = HF_ONLY[name]
+    added = {} if present else time_conditioning_names(cfg)
+    return ConversionPlan(rename, added, dropped)
+
+
+def hf_export_plan(shapes: Mapping[str, Shape], cfg: ModelConfig, time_conditioning: str = "keep") -> ConversionPlan:
+    """The plan of :func:`megadfm_to_hf_state_dict` from names and shapes only. With
+    ``time_conditioning='drop'`` the time-conditioning names are ``dropped``; the caller must first
+    check :func:`modulation_output_names` are all exactly zero (see megadfm_to_hf_state_dict)."""
+    if time_conditioning not in ("keep", "drop"):
+        raise ValueError(f"time_conditioning must be 'keep' or 'drop', got {time_conditioning!r}")
+    table = backbone_names(cfg)
+    time_names = time_conditioning_names(cfg)
+    expected = {ours: shape for ours, shape in table.values()}
+    expected.update(time_names)
+    check_shapes(shapes, expected, {}, "megadfm state dict")
+    to_hf = {ours: hf for hf, (ours, _) in table.items()}
+    rename, dropped = {}, {}
+    for name in shapes:
+        if name in to_hf:
+            rename[name] = to_hf[name]
+        elif time_conditioning == "keep":
+            rename[name] = HF_PREFIX + name
+        else:
+            dropped[name] = "time conditioning with zero modulation (a plain Qwen3 computes the same function)"
+    return ConversionPlan(rename, {}, dropped)
+
+
+def modulation_output_names(cfg: ModelConfig) -> List[str]:
+    """megadfm names of the zero-initialized modulation outputs of this config (t has no effect while all are zero)."""
+    return [n for pattern in MODULATION_OUTPUTS for n in _expand(pattern, cfg) if n in time_conditioning_names(cfg)]
 
 
 # ---- config ------------------------------------------------------------------------------------

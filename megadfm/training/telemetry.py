@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from megadfm.training.grad_norms import GROUPS, GradNorms
 from megadfm.training.spike_detector import SpikeDetector, classify
-from megadfm.training.telemetry_buckets import Buckets, per_sequence_rows, summarize
+from megadfm.training.telemetry_buckets import COL, Buckets, per_sequence_rows, summarize
 from megadfm.training.telemetry_config import TelemetryConfig
 from megadfm.training.telemetry_sinks import JsonlSink, json_safe, make_metric_sinks, write_json_atomic
 
@@ -469,11 +469,15 @@ class Telemetry:
         ``loss_at_t(t)`` runs the engine's validation batches at that t and returns one dfm_loss output or a
         list of them (per_seq_weighted_sum, per_seq_unweighted_sum, per_seq_masked_count, weight, normalizer;
         mask_ratio and t default to the fixed point). It must make the same collective calls on every rank
-        (under ZeRO-3 a forward is one). All buckets are reduced in one all-reduce. ``val/loss`` is the sum of
-        weighted losses over all buckets / the sum of normalizers, i.e. the objective with t stratified over
-        the buckets' mid mask ratios; ``val/bucket_XX/loss`` is w*CE per masked token as in training."""
-        vec: Optional[torch.Tensor] = None
+        (under ZeRO-3 a forward is one). All buckets travel in one all-reduce.
+
+        ``val/bucket_XX/loss`` and ``/ce`` are defined as in training. ``val/loss`` and ``val/ce`` weight each
+        bucket by its width in t (t is uniform in training), so they estimate the same averages as
+        ``train/loss`` and ``train/ce``: a midpoint quadrature over the buckets. A bucket whose mid ratio masks
+        no token of the validation batches has a null CE and is left out of the quadrature."""
         points = self.validation_points()
+        n = len(self.buckets)
+        vec: Optional[torch.Tensor] = None
         for p in points:
             outs = loss_at_t(p["t"])
             for out in (outs if isinstance(outs, (list, tuple)) else [outs]):
@@ -486,23 +490,41 @@ class Telemetry:
                 t = _field(out, "t")
                 rows = per_sequence_rows(mask_ratio if mask_ratio is not None else full(p["mask_ratio"]), t if t is not None else full(p["t"]),
                                          _field(out, "weight"), ws, _field(out, "per_seq_unweighted_sum"), _field(out, "per_seq_masked_count"))
-                if vec is None:
-                    vec = self.buckets.zeros(ws.device)
-                self.buckets.table(vec)[p["bucket"]] += rows.to(vec.device).sum(0)
-                extras = self.buckets.extras(vec)
-                extras[0] += torch.as_tensor(_field(out, "normalizer"), dtype=torch.float64, device=vec.device).sum()
-                extras[1] += 1
+                if vec is None:  # the bucket statistics, then one normalizer sum per bucket
+                    vec = torch.zeros(self.buckets.vector_size + n, dtype=torch.float64, device=ws.device)
+                main = vec[: self.buckets.vector_size]
+                self.buckets.table(main)[p["bucket"]] += rows.to(vec.device).sum(0)
+                normalizer = torch.as_tensor(_field(out, "normalizer"), dtype=torch.float64, device=vec.device).sum()
+                self.buckets.extras(main)[0] += normalizer
+                self.buckets.extras(main)[1] += 1
+                vec[self.buckets.vector_size + p["bucket"]] += normalizer
         if vec is None:
-            vec = self.buckets.zeros(self._reduction_device())
+            vec = torch.zeros(self.buckets.vector_size + n, dtype=torch.float64, device=self._reduction_device())
         if self.distributed and self.world_size > 1:
             dist.all_reduce(vec, group=self.group)
         self.num_reductions += 1
+        vec = vec.cpu()
+        main, per_bucket_normalizer = vec[: self.buckets.vector_size], vec[self.buckets.vector_size:].tolist()
         rec: Dict[str, Any] = {"kind": "val", "step": step, "time": time.time()}
-        summary = summarize(vec.cpu(), self.buckets, "val")
+        summary = summarize(main, self.buckets, "val")
         rec.update({k: v for k, v in summary.items() if not k.endswith(("/mean_t", "/mean_mask_ratio"))})
+        table = self.buckets.table(main).tolist()
+        num_w = num_u = den_n = den_m = 0.0
         for p in points:
+            i, row = p["bucket"], table[p["bucket"]]
             rec[f"val/{p['name']}/mask_ratio"] = p["mask_ratio"]
             rec[f"val/{p['name']}/t"] = p["t"]
+            seqs = row[COL["sequences"]]
+            if seqs <= 0 or row[COL["masked_tokens"]] <= 0:
+                continue
+            lo, hi = self.buckets.t_range(i)
+            width = hi - lo
+            num_w += width * row[COL["weighted_sum"]] / seqs
+            num_u += width * row[COL["unweighted_sum"]] / seqs
+            den_n += width * per_bucket_normalizer[i] / seqs
+            den_m += width * row[COL["masked_tokens"]] / seqs
+        rec["val/loss"] = num_w / den_n if den_n > 0 else None
+        rec["val/ce"] = num_u / den_m if den_m > 0 else None
         rec = json_safe(rec)
         self._write(rec)
         return rec

@@ -6,6 +6,7 @@ validation per bucket, and the sinks (JSONL always, W&B offline, TensorBoard ski
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -68,7 +69,25 @@ def lr_at(step: int, steps: int, peak: float = 1e-2, warmup: int = 5) -> float:
 
 def run_tiny_training(run_dir: str, steps: int = 40, corrupt_steps: Sequence[int] = (), cfg: Optional[TelemetryConfig] = None,
                       log_interval: int = 5, eval_interval: int = 0, snapshot_steps: Sequence[int] = ()) -> dict:
-    """Train the tiny model with the engine's telemetry call sequence; returns what the tests check against."""
+    """Train the tiny model with the engine's telemetry call sequence; returns what the tests check against.
+
+    Runs single-threaded: on a shared 2-core machine torch's second OpenMP thread spin-waits and makes
+    this tiny model ~20x slower."""
+    with single_thread():
+        return _run_tiny_training(run_dir, steps, corrupt_steps, cfg, log_interval, eval_interval, snapshot_steps)
+
+
+@contextlib.contextmanager
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_tiny_training(run_dir, steps, corrupt_steps, cfg, log_interval, eval_interval, snapshot_steps) -> dict:
     torch.manual_seed(0)
     cfg = cfg or TelemetryConfig(wandb="disabled", log_spaced_low_buckets=2, spike_window=30, spike_warmup=10,
                                  spike_action="skip_step", spike_min_bucket_tokens=16)
@@ -153,7 +172,7 @@ def test_corrupted_batch_is_a_replayable_instability_spike(tmp_path):
         assert batch["sample_index"].tolist() == [s["sample_index"] for s in rows]
         t = torch.tensor([s["t"] for s in rows], dtype=torch.float32)
         assert torch.equal(t, sample_times(MICRO_BATCH, dfm_cfg, scheduler, seed=seeds[micro]))
-        with torch.no_grad():
+        with torch.no_grad(), single_thread():  # as in training, so the float sums are bit-identical
             res = dfm_loss(model, batch, t, dfm_cfg, scheduler, torch.Generator().manual_seed(seeds[micro]), pad_token_id=PAD)
         assert res.per_seq_unweighted_sum.tolist() == [s["unweighted_sum"] for s in rows]
         assert res.per_seq_masked_count.tolist() == [s["masked_tokens"] for s in rows]
@@ -178,12 +197,21 @@ def test_corrupted_batch_is_a_replayable_instability_spike(tmp_path):
 
 
 def test_state_dict_resumes_detector_and_emas(tmp_path):
-    run = run_tiny_training(str(tmp_path / "a"), steps=12, log_interval=4)
-    state = json.loads(json.dumps(run["telemetry"].state_dict()))
-    fresh = Telemetry(run["telemetry"].cfg, str(tmp_path / "b"), log_interval=4)
-    fresh.load_state_dict(state)
-    assert fresh.ema == run["telemetry"].ema and fresh.detector.state_dict() == run["telemetry"].detector.state_dict()
-    fresh.close()
+    from tests.training.test_telemetry_reduction import micro_batch
+
+    cfg = TelemetryConfig(wandb="disabled")
+    with Telemetry(cfg, str(tmp_path / "a"), log_interval=2) as tel:
+        for step in range(1, 9):
+            tel.record_micro_batch(**micro_batch(step, batch_size=16))
+            tel.end_step(step)
+        state = json.loads(json.dumps(tel.state_dict()))  # what a checkpoint stores
+    with Telemetry(cfg, str(tmp_path / "b"), log_interval=2) as fresh:
+        fresh.load_state_dict(state)
+        assert fresh.ema == tel.ema and fresh.detector.state_dict() == tel.detector.state_dict()
+        # the resumed instance continues the same EMAs as one that never stopped
+        for t in (tel, fresh):
+            t.record_micro_batch(**micro_batch(9, batch_size=16))
+        assert fresh.end_step(10)["train/loss_ema"] == tel.end_step(10)["train/loss_ema"]
 
 
 def test_sinks_wandb_offline_tensorboard_reason_and_no_wandb_import_when_disabled(tmp_path):
@@ -204,7 +232,7 @@ with Telemetry(TelemetryConfig(wandb="offline", wandb_project="megadfm-test"), o
         tel.end_step(step)
 print("SINKS-OK")
 """
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=REPO)
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
     assert proc.returncode == 0 and "SINKS-OK" in proc.stdout, proc.stdout + proc.stderr
     tb_available = subprocess.run([sys.executable, "-c", "import tensorboard"], capture_output=True).returncode == 0

@@ -1,0 +1,220 @@
+"""megadfm checkpoint (or init folder) -> Hugging Face folder.
+
+Default: a DFM model that transformers loads with the modeling code shipped in the folder::
+
+    OUT/config.json                        model_type megadfm_qwen3, auto_map -> the two code files
+    OUT/configuration_megadfm.py, OUT/modeling_megadfm.py   (torch + transformers only)
+    OUT/model.safetensors                  (or shards + model.safetensors.index.json above --max-shard-size)
+    OUT/generation_config.json             mask / eos / pad ids and megadfm's sampler defaults (dfm_sampler)
+    OUT/tokenizer.json, tokenizer_config.json, ...   with <|mask|>
+    OUT/megadfm_conversion.json            source, step, config, parameter count, key report, sha256 per file
+
+    model = AutoModelForMaskedLM.from_pretrained(OUT, trust_remote_code=True)   # logits, mask logit -inf
+    model = AutoModel.from_pretrained(OUT, trust_remote_code=True)              # hidden states after the final norm
+
+``as_qwen3``: the backbone as a plain ``Qwen3ForCausalLM`` (config.json model_type qwen3, no code
+files), refused when any time-conditioning modulation output is non-zero (a Qwen3 has no t, so it
+would compute another function). Qwen3ForCausalLM attends causally: for a model trained
+bidirectionally the export carries the weights, not the DFM function; the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from megadfm.config_base import to_dict
+from megadfm.conversion import hf_modeling
+from megadfm.conversion.checkpoint_source import MegaDFMSource, SourceError, open_source
+from megadfm.conversion.hf_import import _progress
+from megadfm.conversion.metadata import staged_output, write_metadata
+from megadfm.conversion.name_map import ConversionError, hf_config_from_model_config, hf_export_plan, modulation_output_names
+from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, human_bytes, parse_size
+from megadfm.dfm.sampler_config import SamplerConfig
+from megadfm.model.config import ModelConfig
+
+logger = logging.getLogger("megadfm.conversion")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_MODEL_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+                 "attention_bias", "initializer_range", "attention_mode", "time_conditioning", "time_embedding_dim",
+                 "mask_token_id")
+
+
+def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: bool = False, max_shard_size: str = "2GB",
+                 dtype: str = "auto", tokenizer: Optional[str] = None, force: bool = False,
+                 progress: bool = False) -> Dict[str, Any]:
+    """Export; returns the metadata written to ``megadfm_conversion.json``. Raises (writing nothing
+    under ``out_dir``) on any problem."""
+    max_bytes = parse_size(max_shard_size)
+    src = open_source(ckpt, step)
+    cfg = src.model_config
+    out_dtype = _resolve_dtype(dtype, src)
+    tokenizer_dir = os.path.abspath(tokenizer) if tokenizer else src.tokenizer_dir
+    if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
+        wanted = tokenizer or (src.run_config.data.tokenizer if src.run_config else os.path.join(src.path, "tokenizer"))
+        raise SourceError(f"tokenizer folder {wanted!r} (from {'--tokenizer' if tokenizer else 'the ' + src.kind}) not found; "
+                          "pass --tokenizer DIR (a local HF tokenizer folder, e.g. artifacts/tokenizer/qwen3)")
+    from megadfm.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir, cfg.mask_token_id)
+    _check_tokenizer_hash(src, tokenizer_dir)
+    shapes = {n: s.shape for n, s in src.specs.items()}
+    warnings: List[str] = []
+    if as_qwen3:
+        _refuse_trained_time_conditioning(src, cfg)
+        if cfg.attention_mode == "bidirectional" and src.step:
+            warnings.append(f"this model was trained with attention_mode=bidirectional for {src.step} steps; "
+                            "Qwen3ForCausalLM attends causally, so the export carries the weights, not the DFM function")
+    plan = hf_export_plan(shapes, cfg, "drop" if as_qwen3 else "keep")
+    out_specs = [TensorSpec(plan.rename[n], out_dtype if s.dtype.is_floating_point else s.dtype, s.shape)
+                 for n, s in src.specs.items() if n in plan.rename]
+    total = sum(s.nbytes for s in out_specs)
+    for w in warnings:
+        logger.warning(w)
+    logger.info("exporting %s %s (step %s) -> %s as %s: %d tensors, %s %s", src.kind, src.path, src.step,
+                os.path.abspath(out_dir), "Qwen3ForCausalLM" if as_qwen3 else hf_modeling.ARCHITECTURE, len(out_specs),
+                human_bytes(total), str(out_dtype).replace("torch.", ""))
+
+    with staged_output(out_dir, force=force) as tmp:
+        bar = _progress(total, progress)
+        writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
+        try:
+            for name, tensor in src.iter_tensors():
+                if name in plan.rename:
+                    hf_name = plan.rename[name]
+                    writer.write(hf_name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor)
+                del tensor
+            sha = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+        config = _hf_config(cfg, src, out_dtype, as_qwen3)
+        _write_json(os.path.join(tmp, "config.json"), config)
+        _write_json(os.path.join(tmp, "generation_config.json"), _generation_config(cfg, src, as_qwen3))
+        if not as_qwen3:
+            code_dir = os.path.dirname(os.path.abspath(hf_modeling.__file__))
+            for name in hf_modeling.CODE_FILES:
+                shutil.copyfile(os.path.join(code_dir, name), os.path.join(tmp, name))
+        tok.save_pretrained(tmp)
+        report = plan.report()
+        report["time_conditioning"] = ("dropped: every modulation output is exactly zero" if as_qwen3 and plan.dropped else
+                                       "kept as model.<name> (megadfm's modeling code)" if cfg.time_conditioning != "none" else "none")
+        meta = {
+            "direction": "megadfm_to_hf",
+            "format": "qwen3" if as_qwen3 else hf_modeling.MODEL_TYPE,
+            "source": {"path": src.path, "kind": src.kind, **src.details},
+            "step": src.step,
+            "model_config": to_dict(cfg),
+            "run_config": to_dict(src.run_config) if src.run_config is not None else None,
+            "checkpoint_meta": src.meta or None,
+            "parameter_count": sum(_numel(s.shape) for s in out_specs),
+            "dtype": str(out_dtype).replace("torch.", ""),
+            "report": report,
+            "warnings": warnings,
+            "tokenizer": {"source": tokenizer_dir, "mask_token_id": cfg.mask_token_id},
+            "load_with": ("transformers.Qwen3ForCausalLM.from_pretrained(folder)" if as_qwen3 else
+                          "transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)"),
+        }
+        written = write_metadata(tmp, meta, sha)
+    logger.info("wrote %s: %s parameters in %d weight file(s); mapped %d, dropped %d", os.path.abspath(out_dir),
+                f"{meta['parameter_count']:,}", len(sha), report["mapped"], len(report["dropped"]))
+    return written
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _resolve_dtype(dtype: str, src: MegaDFMSource) -> torch.dtype:
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
+        return DTYPES[dtype]
+    if src.run_config is not None:  # master weights are fp32; a bf16 run is exported in bf16
+        return torch.bfloat16 if src.run_config.training.precision == "bf16" else torch.float32
+    floats = {s.dtype for s in src.specs.values() if s.dtype.is_floating_point}
+    return floats.pop() if len(floats) == 1 else torch.float32
+
+
+def _refuse_trained_time_conditioning(src: MegaDFMSource, cfg: ModelConfig) -> None:
+    nonzero = []
+    for name in modulation_output_names(cfg):
+        t = src.read(name)
+        if bool(t.ne(0).any()):
+            nonzero.append(f"{name} (max |x| {float(t.abs().max()):.3g})")
+    if nonzero:
+        raise ConversionError(
+            f"--as-qwen3 refused: the time conditioning ({cfg.time_conditioning}) is trained, {len(nonzero)} modulation "
+            f"output(s) are non-zero, e.g. {', '.join(nonzero[:3])}. A plain Qwen3ForCausalLM has no input t, so it would "
+            "compute a different function. Export without --as-qwen3 (megadfm's modeling code keeps t).")
+
+
+def _check_tokenizer_hash(src: MegaDFMSource, tokenizer_dir: str) -> None:
+    expected = (src.meta or {}).get("tokenizer_json_sha256")
+    path = os.path.join(tokenizer_dir, "tokenizer.json")
+    if expected and os.path.isfile(path):
+        from megadfm.conversion.metadata import sha256_file
+
+        if sha256_file(path) != expected:
+            logger.warning("%s differs from the tokenizer.json the run was trained with (sha256 %s in %s)", path,
+                           expected[:12], src.path)
+
+
+def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen3: bool) -> Dict[str, Any]:
+    import transformers
+
+    data = src.run_config.data if src.run_config is not None else None
+    ids = {"eos_token_id": data.eod_token_id if data else SamplerConfig().eos_token_id,
+           "pad_token_id": data.pad_token_id if data else None, "bos_token_id": None}
+    dtype_name = str(dtype).replace("torch.", "")
+    if as_qwen3:
+        out = hf_config_from_model_config(cfg)
+        out.update(ids, dtype=dtype_name, transformers_version=transformers.__version__)
+        return out
+    shift = src.run_config.dfm.shift_logits if src.run_config is not None else True
+    out = {"architectures": [hf_modeling.ARCHITECTURE], "model_type": hf_modeling.MODEL_TYPE,
+           "auto_map": dict(hf_modeling.AUTO_MAP)}
+    out.update({k: getattr(cfg, k) for k in _MODEL_FIELDS})
+    out.update(head_dim=cfg.resolved_head_dim, shift_logits=shift, dtype=dtype_name, **ids,
+               transformers_version=transformers.__version__)
+    return out
+
+
+def _generation_config(cfg: ModelConfig, src: MegaDFMSource, as_qwen3: bool) -> Dict[str, Any]:
+    import transformers
+
+    data = src.run_config.data if src.run_config is not None else None
+    sampler = SamplerConfig()
+    out: Dict[str, Any] = {"eos_token_id": data.eod_token_id if data else sampler.eos_token_id,
+                           "pad_token_id": data.pad_token_id if data else None,
+                           "transformers_version": transformers.__version__}
+    if as_qwen3:
+        return out
+    dfm = src.run_config.dfm if src.run_config is not None else None
+    out["mask_token_id"] = cfg.mask_token_id
+    out["dfm_sampler"] = {
+        **{k: v for k, v in to_dict(sampler).items() if k not in ("eos_token_id", "seed")},
+        "shift_logits": dfm.shift_logits if dfm else True,
+        "scheduler": dfm.scheduler if dfm else "polynomial",
+        "scheduler_exponent": dfm.scheduler_exponent if dfm else 1.0,
+        "note": "defaults of megadfm.dfm.sampler_config.SamplerConfig; t = 0 is all masked, t = 1 is clean",
+    }
+    return out
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")

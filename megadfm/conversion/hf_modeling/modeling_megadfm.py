@@ -1,0 +1,296 @@
+"""A megadfm discrete flow-matching Qwen3 for transformers (trust_remote_code), self-contained.
+
+A compact copy of megadfm's model forward with its plain-PyTorch reference kernels (RMSNorm with
+fp32 statistics, rotate-half RoPE, SDPA attention, AdaLN modulation), computing the same logits as
+megadfm on the same inputs. Imports only torch and transformers.
+
+    model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)
+    logits = model(input_ids, t=t, attention_mask=mask).logits   # [B, L, V] fp32
+
+``t`` [B] in [0, 1] is the flow-matching time: t = 0 is all masked, t = 1 is clean; the mask ratio
+is 1 - kappa(t) (kappa(t) = t for the linear scheduler). Attention is bidirectional (see
+``config.attention_mode``); ``attention_mask`` marks real tokens (padding keys are never attended).
+Position ids default to 0..L-1 per row. With ``config.shift_logits`` the output at position i
+predicts the token at i + 1. The logit of ``config.mask_token_id`` is -inf.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
+
+try:  # transformers >= 5 maps tied names explicitly; 4.x lists them
+    from transformers import __version__ as _tf_version
+    _TIED = {"lm_head.weight": "model.embed_tokens.weight"} if int(_tf_version.split(".")[0]) >= 5 else ["lm_head.weight"]
+except ValueError:  # an unparsable version string
+    _TIED = {"lm_head.weight": "model.embed_tokens.weight"}
+
+from .configuration_megadfm import MegaDFMQwen3Config
+
+N_MODULATIONS = 6  # shift, scale, gate for attention, then for the MLP
+TIME_SCALE = 1000.0  # t is embedded as 1000 * t
+
+
+# ---- reference kernels (megadfm/model/kernels/*_torch) ------------------------------------------
+
+def rms_norm(x, weight, eps):
+    dtype = x.dtype
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+def rotary_cos_sin(position_ids, head_dim, theta, dtype):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
+    freqs = position_ids[..., None].to(torch.float32) * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def attention_mask_4d(attention_mask, batch_size, seq_len, causal, device):
+    """Bool [B, 1, L, L] (True = may attend) or None for plain rows. A query with no visible key sees itself."""
+    if attention_mask is None:
+        return None
+    allowed = torch.ones(batch_size, seq_len, seq_len, dtype=torch.bool, device=device)
+    allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, :]
+    if causal:
+        allowed = allowed & torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    allowed = allowed | torch.eye(seq_len, dtype=torch.bool, device=device)
+    return allowed[:, None]
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.to(torch.float32) * TIME_SCALE)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+# ---- modules (parameter names = megadfm's HF export names) ---------------------------------------
+
+class MegaDFMRMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x, shift=None, scale=None):
+        h = rms_norm(x, self.weight, self.eps)
+        if shift is None:
+            return h
+        return h * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class MegaDFMAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        H, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(H, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(H, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(H, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, H, bias=bias)
+        self.q_norm = MegaDFMRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = MegaDFMRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.causal = config.attention_mode == "causal"
+
+    def forward(self, x, cos, sin, mask):
+        B, L, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+
+
+class MegaDFMMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MegaDFMTimeEmbedding(nn.Module):
+    """t [B] -> c [B, H]: sinusoid(1000 t) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.frequency_dim = config.time_embedding_dim
+        self.linear_1 = nn.Linear(config.time_embedding_dim, config.hidden_size, bias=True)
+        self.linear_2 = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+
+    def forward(self, t):
+        emb = timestep_embedding(t, self.frequency_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(emb)))
+
+
+class MegaDFMAdaLNProjection(nn.Module):
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, N_MODULATIONS * hidden_size, bias=True)
+        self.proj._megadfm_zero_init = True  # a modulation output: zero-initialized
+
+    def forward(self, c):
+        return self.proj(F.silu(c)).view(c.shape[0], N_MODULATIONS, -1)
+
+
+class MegaDFMAdaLNTable(nn.Module):
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(N_MODULATIONS, hidden_size))
+
+    def forward(self, shared):
+        return shared + self.table[None]
+
+
+class MegaDFMBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = MegaDFMAttention(config)
+        self.mlp = MegaDFMMLP(config)
+        self.input_layernorm = MegaDFMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = MegaDFMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.time_conditioning == "adaln":
+            self.adaln = MegaDFMAdaLNProjection(config.hidden_size)
+        elif config.time_conditioning == "adaln_single":
+            self.adaln = MegaDFMAdaLNTable(config.hidden_size)
+        else:
+            self.adaln = None
+
+    def forward(self, x, cos, sin, mask, cond):
+        if cond is None:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(cond).unbind(1)
+        x = x + (1 + gate_a[:, None, :]) * self.self_attn(self.input_layernorm(x, shift_a, scale_a), cos, sin, mask)
+        return x + (1 + gate_m[:, None, :]) * self.mlp(self.post_attention_layernorm(x, shift_m, scale_m))
+
+
+class MegaDFMQwen3PreTrainedModel(PreTrainedModel):
+    config_class = MegaDFMQwen3Config
+    base_model_prefix = "model"
+    _no_split_modules = ["MegaDFMBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # only reached for weights missing from the checkpoint (transformers guards loaded ones)
+        std = self.config.initializer_range
+        if isinstance(module, MegaDFMAdaLNTable):
+            nn.init.zeros_(module.table)
+        elif isinstance(module, nn.Linear):
+            if getattr(module, "_megadfm_zero_init", False):  # zero modulation: t has no effect until trained
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, MegaDFMRMSNorm):
+            nn.init.ones_(module.weight)
+
+
+class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
+    """The backbone: ``forward(input_ids, t, attention_mask, position_ids) -> last_hidden_state`` (after the final norm)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MegaDFMBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = MegaDFMRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.time_embedding = MegaDFMTimeEmbedding(config) if config.time_conditioning != "none" else None
+        self.adaln_single = MegaDFMAdaLNProjection(config.hidden_size) if config.time_conditioning == "adaln_single" else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None, **kwargs):
+        config = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        if L > config.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_position_embeddings={config.max_position_embeddings}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, L):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected [B, L] = [{B}, {L}]")
+        if position_ids is None:
+            position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
+        x = self.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, x.dtype)
+        mask = attention_mask_4d(attention_mask, B, L, config.attention_mode == "causal", input_ids.device)
+        cond = self._time_condition(t, B)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cond)
+        hidden = self.norm(x)
+        if return_dict is False:
+            return (hidden,)
+        return BaseModelOutput(last_hidden_state=hidden)
+
+    def _time_condition(self, t, batch_size):
+        if self.time_embedding is None:
+            return None
+        if t is None:
+            raise ValueError(f"time_conditioning={self.config.time_conditioning!r} needs t [B] in [0, 1] "
+                             "(t = 1 is clean data; pass torch.ones(B) for unmasked input)")
+        t = torch.as_tensor(t, device=self.embed_tokens.weight.device)
+        if t.shape != (batch_size,):
+            raise ValueError(f"t must have shape [B] = [{batch_size}], got {tuple(t.shape)}")
+        c = self.time_embedding(t)
+        return self.adaln_single(c) if self.adaln_single is not None else c
+
+
+class MegaDFMQwen3ForMaskedLM(MegaDFMQwen3PreTrainedModel):
+    """Backbone + LM head: ``forward(input_ids, t, attention_mask) -> MaskedLMOutput(logits [B, L, V] fp32)``,
+    mask-token logit -inf."""
+
+    _tied_weights_keys = _TIED
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = MegaDFMQwen3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None, **kwargs):
+        hidden = self.model(input_ids, t=t, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        logits = F.linear(hidden, self.lm_head.weight).float()
+        logits[..., self.config.mask_token_id] = float("-inf")
+        if return_dict is False:
+            return (logits,)
+        return MaskedLMOutput(logits=logits)
