@@ -79,7 +79,8 @@ def export_pngs(html_path: str, out_prefix: str, chromium: str) -> Dict[str, str
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (training.output_dir) holding telemetry/, or a telemetry/ folder itself")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="run directory (training.output_dir) holding telemetry/, or a telemetry/ folder itself")
     p.add_argument("-o", "--output", default=None, help="HTML file to write (default: RUN_DIR/telemetry/report.html)")
     p.add_argument("--title", default="", help="page title (default: 'megadfm loss dashboard: <run name>')")
     p.add_argument("--max-points", type=int, default=3000,

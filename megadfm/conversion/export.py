@@ -35,6 +35,7 @@ from megadfm.conversion.hf_import import _progress
 from megadfm.conversion.metadata import staged_output, write_metadata
 from megadfm.conversion.name_map import ConversionError, hf_config_from_model_config, hf_export_plan, modulation_output_names
 from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, human_bytes, parse_size
+from megadfm.data.config import DataConfig
 from megadfm.dfm.sampler_config import SamplerConfig
 from megadfm.model.config import ModelConfig
 
@@ -151,7 +152,7 @@ def _resolve_dtype(dtype: str, src: MegaDFMSource) -> torch.dtype:
 def _refuse_trained_time_conditioning(src: MegaDFMSource, cfg: ModelConfig) -> None:
     nonzero = []
     for name in modulation_output_names(cfg):
-        t = src.read(name)
+        t = src.read(name).detach()
         if bool(t.ne(0).any()):
             nonzero.append(f"{name} (max |x| {float(t.abs().max()):.3g})")
     if nonzero:
@@ -175,9 +176,8 @@ def _check_tokenizer_hash(src: MegaDFMSource, tokenizer_dir: str) -> None:
 def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen3: bool) -> Dict[str, Any]:
     import transformers
 
-    data = src.run_config.data if src.run_config is not None else None
-    ids = {"eos_token_id": data.eod_token_id if data else SamplerConfig().eos_token_id,
-           "pad_token_id": data.pad_token_id if data else None, "bos_token_id": None}
+    data = src.run_config.data if src.run_config is not None else DataConfig()
+    ids = {"eos_token_id": data.eod_token_id, "pad_token_id": data.pad_token_id, "bos_token_id": None}
     dtype_name = str(dtype).replace("torch.", "")
     if as_qwen3:
         out = hf_config_from_model_config(cfg)
@@ -195,10 +195,9 @@ def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen
 def _generation_config(cfg: ModelConfig, src: MegaDFMSource, as_qwen3: bool) -> Dict[str, Any]:
     import transformers
 
-    data = src.run_config.data if src.run_config is not None else None
+    data = src.run_config.data if src.run_config is not None else DataConfig()  # defaults: Qwen3's <|endoftext|>
     sampler = SamplerConfig()
-    out: Dict[str, Any] = {"eos_token_id": data.eod_token_id if data else sampler.eos_token_id,
-                           "pad_token_id": data.pad_token_id if data else None,
+    out: Dict[str, Any] = {"eos_token_id": data.eod_token_id, "pad_token_id": data.pad_token_id,
                            "transformers_version": transformers.__version__}
     if as_qwen3:
         return out

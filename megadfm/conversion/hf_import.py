@@ -171,13 +171,13 @@ def _prepare_embedding(src: HFFolder, plan, emb: torch.Tensor, cfg: ModelConfig,
 
 @torch.no_grad()
 def mask_row_mean(weight: torch.Tensor, mask_token_id: int, chunk_rows: int = 8192) -> torch.Tensor:
-    """Mean of rows 0..mask_token_id-1 in float64, chunk by chunk (never an fp32 copy of the matrix),
-    cast to the weight's dtype (the same value as Qwen3DFM.init_mask_embedding up to rounding)."""
+    """Mean of rows 0..mask_token_id-1: fp32 sums of row chunks accumulated in float64 (never an fp32
+    copy of the whole matrix), cast to the weight's dtype (Qwen3DFM.init_mask_embedding's value up to rounding)."""
     if not 0 < mask_token_id < weight.shape[0]:
         raise ConversionError(f"mask_token_id {mask_token_id} must be in [1, {weight.shape[0]})")
     acc = torch.zeros(weight.shape[1], dtype=torch.float64)
     for start in range(0, mask_token_id, chunk_rows):
-        acc += weight[start:min(start + chunk_rows, mask_token_id)].to(torch.float64).sum(0)
+        acc += weight[start:min(start + chunk_rows, mask_token_id)].float().sum(0).double()
     return (acc / mask_token_id).to(weight.dtype)
 
 

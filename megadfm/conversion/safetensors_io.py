@@ -15,6 +15,7 @@ with spaces to a multiple of 8, then the tensor bytes. Shards follow transformer
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -189,6 +190,8 @@ class ShardedSafetensorsWriter:
         self._file = None
         self._hash = None
         self._shard = -1
+        self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self._pending = None
 
     @property
     def weight_map(self) -> Dict[str, str]:
@@ -209,8 +212,16 @@ class ShardedSafetensorsWriter:
         self._emit(struct.pack("<Q", len(raw)) + raw)
 
     def _emit(self, data) -> None:
+        # hash block k on a worker thread while block k is written (hashlib and file writes release
+        # the GIL); waiting for block k-1 first keeps the order and at most one block pending
+        self._wait_hash()
+        self._pending = self._hasher.submit(self._hash.update, data)
         self._file.write(data)
-        self._hash.update(data)
+
+    def _wait_hash(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._pos >= len(self._queue):
@@ -230,6 +241,7 @@ class ShardedSafetensorsWriter:
             self.on_bytes(spec.nbytes)
 
     def _finish_file(self) -> None:
+        self._wait_hash()
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -244,6 +256,7 @@ class ShardedSafetensorsWriter:
         if not self._queue:  # an empty model still gets a (valid, empty) file
             self._open(0)
         self._finish_file()
+        self._hasher.shutdown()
         if len(self.files) > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in self.specs)}, "weight_map": self.weight_map}
             with open(os.path.join(self.folder, INDEX_FILE), "w") as f:
@@ -252,6 +265,8 @@ class ShardedSafetensorsWriter:
         return dict(self.sha256)
 
     def abort(self) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+        self._pending = None
         if self._file is not None:
             self._file.close()
             self._file = None

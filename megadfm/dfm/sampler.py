@@ -4,9 +4,10 @@ Both samplers integrate from t = 0 (every new position masked) to t = 1 (clean) 
 prompt or suffix position: only the new positions of :class:`~megadfm.dfm.layout.GenerationLayout`
 are ever written.
 
-**Euler** (``method: euler``), for a time grid 0 = t_0 < ... < t_S = 1: at step k the model
-predicts every still-masked position at time t_k, a token is drawn from its posterior, and each
-such position is unmasked with probability (kappa(t_{k+1}) - kappa(t_k)) / (1 - kappa(t_k)). That is
+**Euler** (``method: euler``), for a time grid 0 = t_0 < ... < t_S = 1: at step k each still-masked
+position is unmasked with probability (kappa(t_{k+1}) - kappa(t_k)) / (1 - kappa(t_k)) and gets a
+token drawn from the model's posterior at time t_k (logits are computed only where a position
+jumps; a step where none jumps evaluates nothing). That is
 the exact probability that a token masked at t_k is clean at t_{k+1} under the mask-source path
 (the first-order h kappa'/(1 - kappa) undershoots for large h); at the last step it is 1, so
 nothing stays masked. With a uniform/mixture source every new position jumps with that
@@ -75,19 +76,22 @@ def _euler(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Sche
     bsz = x.shape[0]
     evals = 0
     for k in range(cfg.steps):
-        targets = layout.generate & (x == mask_id) if dfm.source == "mask" else layout.generate
-        if not bool(targets.any()):
-            break
-        t = torch.full((bsz,), float(grid[k]), dtype=torch.float32, device=x.device)
-        logits, target = predict_logits(model, x, t, layout, targets, dfm.shift_logits)
-        evals += 1
-        tokens, _ = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        candidates = layout.generate & (x == mask_id) if dfm.source == "mask" else layout.generate
         if k == cfg.steps - 1:
-            jump = torch.ones_like(target, dtype=torch.bool)
+            jump = candidates
         else:
             p_unmask = float((kappa[k + 1] - kappa[k]) / (1.0 - kappa[k]))
-            jump = torch.rand(target.shape, generator=generator, device=x.device) < p_unmask
-        _write(x, target[jump], tokens[jump])
+            jump = candidates & (torch.rand(x.shape, generator=generator, device=x.device) < p_unmask)
+        # Whether a position jumps is independent of the token it would draw, so deciding first and
+        # computing logits only where it jumps has the same distribution and costs one head
+        # evaluation per new token over the whole run; a step where nothing jumps costs nothing.
+        if not bool(jump.any()):
+            continue
+        t = torch.full((bsz,), float(grid[k]), dtype=torch.float32, device=x.device)
+        logits, target = predict_logits(model, x, t, layout, jump, dfm.shift_logits)
+        evals += 1
+        tokens, _ = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        _write(x, target, tokens)
     return evals
 
 

@@ -114,6 +114,19 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _restore_adam_step_counts(engine, steps: int) -> None:
+    """DeepSpeed's universal checkpoint keeps Adam's moments but not torch.optim.AdamW's per-parameter
+    ``step`` (its loader was written for optimizers that keep the step in the param group), so the
+    bias correction would restart. Put back the number of optimizer steps taken."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    before = set()
+    for state in inner.state.values():
+        if "step" in state:
+            before.add(float(state["step"]))
+            state["step"] = torch.tensor(float(steps), dtype=state["step"].dtype) if torch.is_tensor(state["step"]) else steps
+    logger.info("universal checkpoint: Adam step count set to %d (loaded value(s): %s)", steps, sorted(before))
+
+
 @dataclass
 class LoadedCheckpoint:
     path: str
@@ -301,6 +314,8 @@ class CheckpointManager:
                                                          load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        if tag.endswith(UNIVERSAL_SUFFIX):
+            _restore_adam_step_counts(engine, int((client_state or {}).get("optimizer_steps", step)))
         rng_file = os.path.join(path, f"rng_rank{self.rank}.pt")
         if restore_rng and os.path.isfile(rng_file):
             set_rng_state(torch.load(rng_file, weights_only=False))

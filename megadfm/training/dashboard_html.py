@@ -312,7 +312,8 @@ function lineChart(id, opt) {
   (opt.hlines || []).forEach(function (h) {
     if (!ok(h.y) || (opt.ylog && h.y <= 0)) return;
     var y = Y(h.y).toFixed(1);
-    s += '<line x1="' + M.l + '" x2="' + (W - M.r) + '" y1="' + y + '" y2="' + y + '" stroke="' + (h.color || "#d62728") + '" stroke-dasharray="6 4" stroke-width="1.5"/>';
+    s += '<line x1="' + M.l + '" x2="' + (W - M.r) + '" y1="' + y + '" y2="' + y + '" stroke="' + (h.color || "#d62728") +
+         '" stroke-dasharray="6 4" stroke-width="1.5"/>';
     s += '<text x="' + (W - M.r - 4) + '" y="' + y + '" dy="-4" text-anchor="end" fill="' + (h.color || "#d62728") + '">' + esc(h.label) + "</text>";
   });
   series.forEach(function (ser) {
@@ -375,7 +376,8 @@ function lineChart(id, opt) {
 function bucketSeries(table, metric, dash) {
   var steps = table.steps || [];
   return BUCKETS.map(function (b, i) {
-    return {name: bucketLabel(b), color: bucketColor(i, BUCKETS.length), xs: steps, ys: col(table, table === RUN.val ? "val/" + b.name + "/" + metric : "train/" + b.name + "/" + metric) || [], dash: dash};
+    var key = (table === RUN.val ? "val/" : "train/") + b.name + "/" + metric;
+    return {name: bucketLabel(b), color: bucketColor(i, BUCKETS.length), xs: steps, ys: col(table, key) || [], dash: dash};
   });
 }
 
@@ -435,7 +437,8 @@ function heatmap(id, mode) {
   s += '<text x="' + (M.l + pw / 2) + '" y="' + (M.t + PH + 31) + '" text-anchor="middle" fill="#555">optimizer step</text>';
   for (var k = 0; k < 40; k++) {
     var f = k / 39, yy = M.t + PH - (k + 1) * PH / 40;
-    s += '<rect x="' + (W - M.r + 12) + '" y="' + yy.toFixed(1) + '" width="14" height="' + (PH / 40 + 0.6).toFixed(1) + '" fill="' + (mode === "ratio" ? divergent(f) : ramp(f)) + '"/>';
+    s += '<rect x="' + (W - M.r + 12) + '" y="' + yy.toFixed(1) + '" width="14" height="' + (PH / 40 + 0.6).toFixed(1) +
+         '" fill="' + (mode === "ratio" ? divergent(f) : ramp(f)) + '"/>';
   }
   s += '<text x="' + (W - M.r + 30) + '" y="' + (M.t + 8) + '" fill="#333">' + fmt(vhi) + "</text>";
   s += '<text x="' + (W - M.r + 30) + '" y="' + (M.t + PH) + '" fill="#333">' + fmt(vlo) + "</text>";
@@ -485,14 +488,17 @@ function showSpike(i, scroll) {
               fmt(b.sequences), fmt(b.masked_tokens)];
     }));
   if (e.grad_norms) {
-    h += "<p><b>Gradient norms</b> " + Object.keys(e.grad_norms).map(function (k) { return esc(k.replace("grad/", "")) + " " + fmt(e.grad_norms[k]); }).join(", ") + "</p>";
+    h += "<p><b>Gradient norms</b> " + Object.keys(e.grad_norms).map(function (k) {
+      return esc(k.replace("grad/", "")) + " " + fmt(e.grad_norms[k]);
+    }).join(", ") + "</p>";
   }
   var seqs = e.sequences || [];
   h += "<p><b>Sequences</b> (" + (e.sequences_truncated || seqs.length) + "; sample identities to replay the batch)</p>";
   h += '<div class="seqs">' + table(["rank", "micro", "row", "dataset", "dataset sample", "sample index", "t", "mask ratio", "weight", "CE/token", "masked"],
     seqs.map(function (q) {
       return [q.rank, q.micro_batch, q.row, q.dataset_index === undefined ? "" : q.dataset_index, q.dataset_sample_index === undefined ? "" : q.dataset_sample_index,
-              q.sample_index, fmt(q.t), fmt(q.mask_ratio), fmt(q.weight), q.masked_tokens ? fmt(q.unweighted_sum / q.masked_tokens) : "n/a", fmt(q.masked_tokens)].map(String);
+              q.sample_index, fmt(q.t), fmt(q.mask_ratio), fmt(q.weight),
+              q.masked_tokens ? fmt(q.unweighted_sum / q.masked_tokens) : "n/a", fmt(q.masked_tokens)].map(String);
     })) + "</div>";
   if (e.replay && e.replay.length) h += "<p><b>Replay</b> <code>" + esc(JSON.stringify(e.replay)) + "</code></p>";
   el.innerHTML = h;

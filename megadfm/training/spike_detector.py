@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Deque, Dict, Iterable, Literal, Optional, Sequence, Tuple
 
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 

@@ -2,10 +2,11 @@
 
 The engine drives one :class:`Telemetry` per rank; it never calls the engine. One optimizer step:
 
-    for batch in micro_batches:
+    for micro, batch in enumerate(micro_batches):
         out = dfm_loss(model, batch, t, cfg.dfm, scheduler, gen)
         engine.backward(out.loss)
-        telemetry.record_loss_output(out, batch)                          # local, no sync
+        telemetry.record_loss_output(out, batch, replay={"seed": seed})  # local, no sync
+        if micro < accum - 1: engine.step()                               # DeepSpeed's non-boundary micro-step
     telemetry.record_grad_norms(compute_grad_norms(engine, model.parameter_group, clip))   # collective
     telemetry.record_scalars(lr=lr, tokens_per_s=tps, mfu=mfu, mem_allocated_gb=mem)
     decision = telemetry.check_spike(step)                                 # collective, BEFORE engine.step()
@@ -37,7 +38,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -150,8 +151,9 @@ class Telemetry:
         self.sink_status: Dict[str, str] = {}
         if self.is_writer:
             os.makedirs(self.dir, exist_ok=True)
+            wandb_config = {"config": run_config or {}, "buckets": {b["name"]: b["label"] for b in self.buckets.describe()}}
             self._sinks, self.sink_status = make_metric_sinks(run_dir, self.dir, cfg.wandb, cfg.wandb_project, cfg.wandb_run_name,
-                                                              cfg.tensorboard, run_config)
+                                                              cfg.tensorboard, wandb_config)
             self._spike_sink = JsonlSink(os.path.join(self.dir, "spikes.jsonl"))
             self.write_run_meta(run_config)
             log.info("telemetry: %d mask-ratio buckets, spike detection per %s (%s, z > %g, window %d, action %s), sinks %s",
@@ -209,7 +211,8 @@ class Telemetry:
             if not torch.is_tensor(value):
                 raise TypeError(f"record_micro_batch: {name} must be a tensor of shape [B], got {type(value).__name__}")
             if value.numel() != b:
-                raise ValueError(f"record_micro_batch: {name} has {value.numel()} elements, per_seq_weighted_sum has {b} (one per sequence)")
+                raise ValueError(f"record_micro_batch: {name} has {value.numel()} elements, per_seq_weighted_sum has {b} "
+                                 "(one value per sequence)")
         if self._checked_step is not None and self.cfg.spike_detection == "step":
             raise RuntimeError("record_micro_batch after check_spike in the same step: call end_step(step) first")
         device = per_seq_weighted_sum.device
@@ -227,7 +230,8 @@ class Telemetry:
         for name in IDENTITY_FIELDS:
             if name in fields:
                 ids[name] = fields[name].detach().reshape(-1)
-        for name, value in zip(SEQUENCE_FIELDS, (t, mask_ratio, weight, per_seq_weighted_sum, per_seq_unweighted_sum, per_seq_masked_count)):
+        per_seq = (t, mask_ratio, weight, per_seq_weighted_sum, per_seq_unweighted_sum, per_seq_masked_count)
+        for name, value in zip(SEQUENCE_FIELDS, per_seq):
             ids[name] = value.detach().reshape(-1)
         if replay:
             ids["replay"] = dict(replay)
@@ -279,7 +283,7 @@ class Telemetry:
 
         With spike_detection=step this is one all-reduce every step; with log_step it is free except on
         logging steps. A spike also all-gathers the sample identities of the step (window)."""
-        if self._checked_step == step:
+        if self._checked_step is not None:  # asked twice in one step: same verdict, no second reduction
             return self._decision
         if self.cfg.spike_detection == "log_step" and not self._is_log_step(step):
             return NO_SPIKE
@@ -287,12 +291,8 @@ class Telemetry:
 
     def _check(self, step: int) -> SpikeDecision:
         vec = self._reduce_pending()
-        if self.cfg.spike_detection == "step":
-            self._window += vec
-            observed = vec
-        else:
-            self._window += vec
-            observed = self._window
+        self._window += vec  # the logging record sums the reduced steps: no further communication
+        observed = vec if self.cfg.spike_detection == "step" else self._window
         self._checked_step = step
         summary = summarize(observed, self.buckets, "train")
         values = {"train/loss": summary["train/loss"], "train/ce": summary["train/ce"]}
@@ -310,6 +310,8 @@ class Telemetry:
         if not verdict.is_spike:
             self._decision = NO_SPIKE
             return self._decision
+        for ids in self._ids:
+            ids.setdefault("step", step)
         sequences, replay = self._gather_identities()
         acts = verdict.label == "instability" or self.cfg.spike_act_on_weighting
         action = self.cfg.spike_action if acts else "log"
@@ -332,7 +334,8 @@ class Telemetry:
                 "index": i, "name": self.buckets.name(i), "label": self.buckets.label(i),
                 "mask_ratio": self.buckets.mask_ratio_range(i), "t": self.buckets.t_range(i),
                 "small_ratio": i in self.small_ratio_buckets,
-                **{m: summary[f"train/{self.buckets.name(i)}/{m}"] for m in ("loss", "ce", "contribution", "sequences", "masked_tokens", "mean_weight")},
+                **{m: summary[f"train/{self.buckets.name(i)}/{m}"]
+                   for m in ("loss", "ce", "contribution", "sequences", "masked_tokens", "mean_weight")},
                 **{f"{m}_expected": expected(f"train/{self.buckets.name(i)}/{m}") for m in ("loss", "ce", "contribution")},
             } for i in verdict.buckets],
             "sequences": sequences,
@@ -347,13 +350,13 @@ class Telemetry:
             cols = {k: v.tolist() for k, v in ids.items() if torch.is_tensor(v)}
             n = len(cols["sample_index"])
             for j in range(n):
-                row = {"rank": self.rank, "micro_batch": ids["micro_batch"], "row": j}
+                row = {"step": ids["step"], "rank": self.rank, "micro_batch": ids["micro_batch"], "row": j}
                 for k in IDENTITY_FIELDS + SEQUENCE_FIELDS + ("bucket",):
                     if k in cols:
                         row[k] = cols[k][j]
                 local_seqs.append(row)
             if "replay" in ids:
-                local_replay.append({"rank": self.rank, "micro_batch": ids["micro_batch"], **ids["replay"]})
+                local_replay.append({"step": ids["step"], "rank": self.rank, "micro_batch": ids["micro_batch"], **ids["replay"]})
         if self.distributed and self.world_size > 1:
             gathered: List[Any] = [None] * self.world_size
             dist.all_gather_object(gathered, (local_seqs, local_replay), group=self.group)
@@ -364,13 +367,18 @@ class Telemetry:
     # ------------------------------------------------------------------ end of step
     def end_step(self, step: int, *, skipped: Optional[bool] = None, force_log: bool = False) -> Optional[Dict[str, Any]]:
         """Close the step (collective). Returns the flat log record on logging steps (step % log_interval == 0,
-        or force_log, e.g. the last step), else None. ``skipped`` defaults to the spike decision's skip_step."""
+        or force_log, e.g. the last step), else None. ``skipped`` defaults to the spike decision's skip_step.
+
+        Pass the same step number as to check_spike (the step being completed, counting from 1); the
+        verdict of check_spike applies to the next end_step whatever its number."""
         log_now = force_log or self._is_log_step(step)
-        if self._checked_step != step and (self.cfg.spike_detection == "step" or log_now):
+        for ids in self._ids:  # log_step detection keeps a whole window of identities: remember each one's step
+            ids.setdefault("step", step)
+        if self._checked_step is None and (self.cfg.spike_detection == "step" or log_now):
             self._check(step)  # the engine did not ask before optimizer.step(): judge now (nothing can be skipped)
         elif self._pending is not None and log_now:
             raise RuntimeError("record_micro_batch after check_spike in the same step: call end_step(step) first")
-        decision = self._decision if self._checked_step == step else NO_SPIKE
+        decision = self._decision
         was_skipped = decision.skip if skipped is None else bool(skipped)
         self._w_steps += 1
         if was_skipped:
@@ -488,8 +496,9 @@ class Telemetry:
                 full = lambda v: torch.full((b,), float(v), dtype=torch.float64, device=ws.device)  # noqa: E731
                 mask_ratio = _field(out, "mask_ratio")
                 t = _field(out, "t")
-                rows = per_sequence_rows(mask_ratio if mask_ratio is not None else full(p["mask_ratio"]), t if t is not None else full(p["t"]),
-                                         _field(out, "weight"), ws, _field(out, "per_seq_unweighted_sum"), _field(out, "per_seq_masked_count"))
+                rows = per_sequence_rows(mask_ratio if mask_ratio is not None else full(p["mask_ratio"]),
+                                         t if t is not None else full(p["t"]), _field(out, "weight"), ws,
+                                         _field(out, "per_seq_unweighted_sum"), _field(out, "per_seq_masked_count"))
                 if vec is None:  # the bucket statistics, then one normalizer sum per bucket
                     vec = torch.zeros(self.buckets.vector_size + n, dtype=torch.float64, device=ws.device)
                 main = vec[: self.buckets.vector_size]

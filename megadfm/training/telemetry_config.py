@@ -62,8 +62,9 @@ class TelemetryConfig:
         require(self.spike_min_relative_scale >= 0, "spike_min_relative_scale", f"must be >= 0, got {self.spike_min_relative_scale}")
         require(self.spike_min_bucket_tokens >= 0, "spike_min_bucket_tokens", f"must be >= 0, got {self.spike_min_bucket_tokens}")
         require(0 <= self.spike_small_mask_ratio <= 1, "spike_small_mask_ratio", f"must be in [0, 1], got {self.spike_small_mask_ratio}")
-        lowest_upper = self.bucket_edges[1] if self.bucket_edges is not None else 1.0 / self.num_buckets
-        require(0 < self.log_spaced_min_ratio < lowest_upper, "log_spaced_min_ratio",
-                f"must be in (0, {lowest_upper}) (the lowest bucket's upper edge), got {self.log_spaced_min_ratio}")
+        if self.log_spaced_low_buckets > 0:
+            lowest_upper = self.bucket_edges[1] if self.bucket_edges is not None else 1.0 / self.num_buckets
+            require(0 < self.log_spaced_min_ratio < lowest_upper, "log_spaced_min_ratio",
+                    f"must be in (0, {lowest_upper}) (the lowest bucket's upper edge), got {self.log_spaced_min_ratio}")
         require(not (self.spike_action == "skip_step" and self.spike_detection != "step"), "spike_action",
                 "skip_step needs spike_detection: step (a logging-window verdict comes too late to skip the update)")

@@ -226,7 +226,7 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
     def save(self) -> Optional[str]:
         cfg = self.cfg
-        client_state = {"step": self.step, "consumed_samples": self.consumed_samples}
+        client_state = {"step": self.step, "consumed_samples": self.consumed_samples, "optimizer_steps": self.step}
         meta = {"consumed_samples": self.consumed_samples, "tokenizer_json_sha256":
                 _sha256(os.path.join(cfg.data.tokenizer, "tokenizer.json")), "data_manifest": self.data.manifest(),
                 "weights_fingerprint_at_init": self.weights_fingerprint}
