@@ -11,7 +11,9 @@ PY=.venv/bin/python
 CONFIG=examples/tiny_cpu.yaml
 RUN=runs/tiny_cpu
 STDLIB=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
+# One OpenMP thread per rank (2 ranks on 2 cores); torch.compile is not used on CPU, and disabling dynamo
+# stops DeepSpeed's optional compiled optimizers from importing inductor at start-up.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false TORCHDYNAMO_DISABLE=1
 
 echo "== [1/5] tokenize the Python standard library (real code corpus) into artifacts/data/stdlib_text_document.{bin,idx}"
 $PY tools/preprocess_data.py --input "$STDLIB" --glob '**/*.py' --exclude 'site-packages/*' 'test/*' 'idlelib/*' \

@@ -131,11 +131,17 @@ def _open_deepspeed(root: str, tag: str) -> MegaDFMSource:
     specs = {n: TensorSpec(n, t.dtype, tuple(t.shape)) for n, t in state.items()}
     src = MegaDFMSource(
         kind="deepspeed", path=step_dir, step=int(TAG_RE.match(tag).group(1)), model_config=run_cfg.model,
-        run_config=run_cfg, meta=meta, specs=specs, _iter=lambda: iter(list(state.items())), _read=lambda n: state[n],
+        run_config=run_cfg, meta=meta, specs=specs, _iter=lambda: _drain(state), _read=lambda n: state[n],
         details={"checkpoint_root": root, "tag": tag, "world_size": meta.get("world_size"),
                  "zero_stage": run_cfg.training.zero_stage, "weights": how})
     src.tokenizer_dir = resolve_tokenizer_path(run_cfg.data.tokenizer, root)
     return src
+
+
+def _drain(state: Dict[str, torch.Tensor]) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Yield and forget each tensor, so the consolidated model is freed as it is written (iterate once)."""
+    for name in list(state):
+        yield name, state.pop(name)
 
 
 def _zero0_module_state(step_dir: str) -> Dict[str, torch.Tensor]:

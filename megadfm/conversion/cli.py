@@ -9,13 +9,13 @@ from typing import Callable
 from megadfm.config_base import ConfigError
 from megadfm.conversion.checkpoint_source import SourceError
 from megadfm.conversion.hf_folder import HFFolderError
-from megadfm.conversion.metadata import OutputExistsError
+from megadfm.conversion.metadata import NotEnoughSpaceError, OutputExistsError
 from megadfm.conversion.name_map import ConversionError
 from megadfm.conversion.safetensors_io import SafetensorsError
 from megadfm.data.tokenizer import TokenizerError
 
-INPUT_ERRORS = (ConversionError, HFFolderError, SourceError, SafetensorsError, OutputExistsError, TokenizerError,
-                ConfigError, FileNotFoundError)
+INPUT_ERRORS = (ConversionError, HFFolderError, SourceError, SafetensorsError, OutputExistsError, NotEnoughSpaceError,
+                TokenizerError, ConfigError, FileNotFoundError)
 
 
 def setup_logging() -> None:

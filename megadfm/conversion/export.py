@@ -83,7 +83,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
                 os.path.abspath(out_dir), "Qwen3ForCausalLM" if as_qwen3 else hf_modeling.ARCHITECTURE, len(out_specs),
                 human_bytes(total), str(out_dtype).replace("torch.", ""))
 
-    with staged_output(out_dir, force=force) as tmp:
+    with staged_output(out_dir, force=force, needed_bytes=total) as tmp:
         bar = _progress(total, progress)
         writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
         try:
@@ -126,8 +126,8 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
                           "transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)"),
         }
         written = write_metadata(tmp, meta, sha)
-    logger.info("wrote %s: %s parameters in %d weight file(s); mapped %d, dropped %d", os.path.abspath(out_dir),
-                f"{meta['parameter_count']:,}", len(sha), report["mapped"], len(report["dropped"]))
+    logger.info("wrote %s: %s parameters in %d weight file(s); %s", os.path.abspath(out_dir),
+                f"{meta['parameter_count']:,}", len(sha), plan.summary())
     return written
 
 
@@ -181,13 +181,13 @@ def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen
     dtype_name = str(dtype).replace("torch.", "")
     if as_qwen3:
         out = hf_config_from_model_config(cfg)
-        out.update(ids, dtype=dtype_name, transformers_version=transformers.__version__)
+        out.update(ids, dtype=dtype_name, torch_dtype=dtype_name, transformers_version=transformers.__version__)
         return out
     shift = src.run_config.dfm.shift_logits if src.run_config is not None else True
     out = {"architectures": [hf_modeling.ARCHITECTURE], "model_type": hf_modeling.MODEL_TYPE,
            "auto_map": dict(hf_modeling.AUTO_MAP)}
     out.update({k: getattr(cfg, k) for k in _MODEL_FIELDS})
-    out.update(head_dim=cfg.resolved_head_dim, shift_logits=shift, dtype=dtype_name, **ids,
+    out.update(head_dim=cfg.resolved_head_dim, shift_logits=shift, dtype=dtype_name, torch_dtype=dtype_name, **ids,
                transformers_version=transformers.__version__)
     return out
 

@@ -82,7 +82,7 @@ def convert_hf_to_megadfm(hf_dir: str, out_dir: str, time_conditioning: str = "a
                 src.folder, src.format, len(src.files), os.path.abspath(out_dir), len(out_specs), human_bytes(total),
                 cfg.time_conditioning, mask_row)
 
-    with staged_output(out_dir, force=force) as tmp:
+    with staged_output(out_dir, force=force, needed_bytes=total) as tmp:
         bar = _progress(total, progress)
         writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
         try:
@@ -125,9 +125,8 @@ def convert_hf_to_megadfm(hf_dir: str, out_dir: str, time_conditioning: str = "a
                           "mask_token_id": cfg.mask_token_id if tok is not None else None},
         }
         written = write_metadata(tmp, meta, sha)
-    logger.info("wrote %s: %s parameters in %d weight file(s); mapped %d, added %d, dropped %d; %s",
-                os.path.abspath(out_dir), f"{meta['parameter_count']:,}", len(sha), report["mapped"], len(report["added"]),
-                len(report["dropped"]), tokenizer_note)
+    logger.info("wrote %s: %s parameters in %d weight file(s); %s; %s; %s", os.path.abspath(out_dir),
+                f"{meta['parameter_count']:,}", len(sha), plan.summary(), report["mask_row"], tokenizer_note)
     return written
 
 

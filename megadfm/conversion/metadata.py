@@ -83,15 +83,24 @@ def _fsync_tree(root: str) -> None:
                 os.close(fd)
 
 
+class NotEnoughSpaceError(OSError):
+    pass
+
+
 @contextlib.contextmanager
-def staged_output(out_dir: str, force: bool = False) -> Iterator[str]:
+def staged_output(out_dir: str, force: bool = False, needed_bytes: int = 0) -> Iterator[str]:
     """Yield a fresh temporary folder next to ``out_dir``; on success it is fsynced and renamed to
-    ``out_dir`` (replacing it only with ``force``); on any error it is removed."""
+    ``out_dir`` (replacing it only with ``force``); on any error it is removed. ``needed_bytes``
+    (plus 5% and 100 MB of slack) must be free on that filesystem before anything is written."""
     out_dir = os.path.abspath(out_dir)
     if os.path.lexists(out_dir) and not force:
         raise OutputExistsError(f"output {out_dir} already exists; choose another --out or pass --force to replace it")
     parent, base = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if needed_bytes and free < needed_bytes * 1.05 + 100e6:
+        raise NotEnoughSpaceError(f"not enough disk space for {out_dir}: about {needed_bytes / 1e9:.2f} GB needed, "
+                                  f"{free / 1e9:.2f} GB free on {parent}")
     tmp = os.path.join(parent, f".{base}.incomplete-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

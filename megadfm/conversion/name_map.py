@@ -234,6 +234,13 @@ class ConversionPlan:
     def report(self) -> Dict[str, Any]:
         return {"mapped": len(self.rename), "added": sorted(self.added), "dropped": dict(sorted(self.dropped.items()))}
 
+    def summary(self, limit: int = 4) -> str:
+        """One line for the log: counts, and the first added / dropped names."""
+        def names(keys):
+            keys = sorted(keys)
+            return (": " + ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")) if keys else ""
+        return f"mapped {len(self.rename)}; added {len(self.added)}{names(self.added)}; dropped {len(self.dropped)}{names(self.dropped)}"
+
 
 def hf_import_plan(hf_shapes: Mapping[str, Shape], cfg: ModelConfig) -> ConversionPlan:
     """The plan of :func:`hf_to_megadfm_state_dict` from names and shapes only.

@@ -8,6 +8,7 @@ another data-parallel world size (same global batch) sees the same ones too.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from megadfm.config import MegaDFMConfig, config_to_yaml, dump_config
+from megadfm.config_base import to_dict
 from megadfm.dfm.schedulers import make_scheduler
 from megadfm.dfm.time_sampling import sample_times, step_seed
 from megadfm.model.qwen3_dfm import Qwen3DFM
@@ -27,6 +29,8 @@ from megadfm.training.init_weights import fingerprint, load_checkpoint_weights, 
 from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
 from megadfm.training.optim import build_optimizer
+from megadfm.training.grad_norms import compute_grad_norms
+from megadfm.training.telemetry import Telemetry
 from megadfm.training.train_module import DFMTrainingModule, as_loss_output
 from megadfm.training.training_data import TrainingData
 
@@ -82,14 +86,20 @@ class Trainer:
 
         self.step = 0
         self.consumed_samples = 0
+        self._telemetry_state = None
         self._resume_if_possible()
         self.data = TrainingData(cfg, rank, world_size, self.consumed_samples)
         self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak_flops = device_peak_flops()
-        from megadfm.training.telemetry_bridge import TelemetryBridge
-
-        self.telemetry = TelemetryBridge(cfg, self.out_dir, rank, world_size, self.module.parameter_group,
-                                         self.scheduler)
+        self.telemetry = Telemetry(cfg.telemetry, self.out_dir, log_interval=tcfg.log_interval, grad_clip=tcfg.grad_clip,
+                                   scheduler=self.scheduler, run_config=to_dict(cfg))
+        if self._telemetry_state is not None:
+            self.telemetry.load_state_dict(self._telemetry_state)
+        self._steps_log = None
+        if rank == 0:
+            # one line per optimizer step with the exact loss and the batch identity (resume checks, replays);
+            # telemetry/metrics.jsonl holds the per-bucket view per logging step
+            self._steps_log = open(os.path.join(self.out_dir, "telemetry", "train_steps.jsonl"), "a")
 
     # ---- set-up --------------------------------------------------------------------------------
     def _build_model(self, deepspeed) -> Qwen3DFM:
@@ -123,6 +133,7 @@ class Trainer:
         state = loaded.client_state
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
+        self._telemetry_state = state.get("telemetry")
         logger.info("resumed from %s: step %d, %d samples consumed", loaded.path, self.step, self.consumed_samples)
 
     # ---- one optimizer step --------------------------------------------------------------------
@@ -141,62 +152,67 @@ class Trainer:
 
     def train_step(self) -> Dict[str, Any]:
         tcfg = self.cfg.training
+        step = self.step + 1  # the step being completed, counting from 1 (telemetry and logs use this number)
         start = time.time()
         self.engine.train()
-        losses = []
-        tokens = 0
-        sample_ids = []
+        losses, sample_ids, tokens = [], [], 0
         for micro in range(tcfg.grad_accum_steps):
             batch = self.data.next_train_batch(self.device)
             t, gen = self._noise(self.step, micro, batch["input_ids"].shape[0])
             out = as_loss_output(self.engine(batch, t, gen))
-            self.telemetry.record_micro_batch(out, batch)
             self.engine.backward(out.loss)
+            self.telemetry.record_loss_output(out, batch, replay={"step": step, "micro": micro,
+                                                                   "global_offset": self._micro_offsets(micro)})
             losses.append(out.loss.detach())
             sample_ids.append(batch["sample_index"].cpu())
             tokens += int(batch["loss_mask"].sum())
             if micro < tcfg.grad_accum_steps - 1:
                 self.engine.step()  # DeepSpeed only counts the micro-step before the boundary
-        loss = torch.stack(losses).mean()
-        loss_global = loss.clone()
-        if dist.is_initialized():
-            dist.all_reduce(loss_global)
-            loss_global /= self.world_size
-        grad_norms = self.telemetry.grad_norms(self.engine)
-        finite = math.isfinite(float(loss_global)) and math.isfinite(grad_norms.get("total", 0.0))
-        action = self.telemetry.spike_action(self.step)
-        skip = (not finite and tcfg.nonfinite_policy == "skip") or action == "skip_step"
-        if not finite and tcfg.nonfinite_policy == "stop":
-            raise NonFiniteError(f"step {self.step}: loss {float(loss_global)} / grad norm {grad_norms.get('total')} "
-                                 "is not finite; the last good state is saved, lower training.lr or inspect the batch")
+        loss = torch.stack(losses).mean().double().cpu()
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(loss)
+            loss /= self.world_size
+        norms = compute_grad_norms(self.engine, self.module.parameter_group, clip=tcfg.grad_clip)
+        self.telemetry.record_grad_norms(norms)
         lr = self.lr_scheduler.get_last_lr()[0]
+        finite = math.isfinite(float(loss)) and math.isfinite(norms.total)
+        if not finite and tcfg.nonfinite_policy == "stop":
+            raise NonFiniteError(f"step {step}: loss {float(loss)} / grad norm {norms.total} is not finite; saving the "
+                                 "last good state and stopping (lower training.lr, inspect telemetry/spikes.jsonl, or set "
+                                 "training.nonfinite_policy: skip)")
+        decision = self.telemetry.check_spike(step)
+        skip = (not finite) or decision.skip
         if skip:
+            logger.warning("step %d: update skipped (%s)", step, "non-finite loss/grad" if not finite else "loss spike")
             self._skip_update()
         self.engine.step()
-        self.step += 1
+        self.step = step
         self.consumed_samples += self.global_batch
         tokens_all = torch.tensor([tokens], dtype=torch.float64)
-        if dist.is_initialized():
+        if dist.is_initialized() and self.world_size > 1:
             dist.all_reduce(tokens_all)
         elapsed = time.time() - start
         tps = float(tokens_all) / elapsed
-        record = {"step": self.step, "loss": float(loss_global), "lr": lr, "grad_accum_steps": tcfg.grad_accum_steps,
-                  "batch_hash": self._batch_hash(torch.cat(sample_ids)),
-                  "tokens_per_s": tps, "step_time_s": elapsed, "consumed_samples": self.consumed_samples,
-                  "skipped": bool(skip)}
         m = mfu(self.cfg.model, self.cfg.data.seq_len, tps / self.world_size, self.peak_flops)
-        if m is not None:
-            record["mfu"] = m
         if torch.cuda.is_available():
-            record["memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            mem = torch.cuda.max_memory_allocated() / 2**30
         else:
             import resource
 
-            record["memory_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        record.update({f"grad_norm/{k}": v for k, v in grad_norms.items()})
-        self.telemetry.end_step(self.step, record, action)
-        if action == "stop":
-            raise NonFiniteError(f"step {self.step}: loss spike with telemetry.spike_action=stop")
+            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        self.telemetry.record_scalars(lr=lr, tokens_per_s=tps, mfu=m, mem_max_gb=mem, step_time_s=elapsed,
+                                      grad_accum_steps=tcfg.grad_accum_steps)
+        record = {"step": step, "loss": float(loss), "lr": lr, "grad_norm": norms.total, "skipped": bool(skip),
+                  "consumed_samples": self.consumed_samples, "tokens_per_s": tps, "mfu": m,
+                  "batch_hash": self._batch_hash(torch.cat(sample_ids))}
+        if self.rank == 0:
+            self._steps_log.write(json.dumps(record) + "\n")
+            self._steps_log.flush()
+        log_record = self.telemetry.end_step(step, skipped=skip, force_log=step == tcfg.train_steps)
+        if log_record is not None:
+            logger.info("%s", self.telemetry.format_line(log_record))
+        if decision.stop:
+            raise NonFiniteError(f"step {step}: loss spike and telemetry.spike_action=stop (see telemetry/spikes.jsonl)")
         return record
 
     def _batch_hash(self, local_ids: torch.Tensor) -> str:
@@ -213,20 +229,28 @@ class Trainer:
     def _skip_update(self) -> None:
         """Skip the update: zero the gradients and the LR for this step (AdamW then leaves the weights
         unchanged; its moments decay by one step as if the gradient had been zero)."""
-        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+        from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
 
         for p in self.module.parameters():
-            g = safe_get_local_grad(p)
-            if g is not None:
-                safe_set_local_grad(p, torch.zeros_like(g))
-        self._saved_lrs = [g["lr"] for g in self.optimizer.param_groups]
+            if hasattr(p, "ds_id"):  # ZeRO-3: this rank's partition
+                g = safe_get_local_grad(p)
+                if g is not None:
+                    safe_set_local_grad(p, torch.zeros_like(g))
+            elif p.grad is not None:  # ZeRO-0: plain .grad
+                p.grad.zero_()
+            else:  # ZeRO-1/2: the fragment this rank owns
+                g = safe_get_full_grad(p)
+                if g is not None:
+                    safe_set_full_grad(p, torch.zeros_like(g))
+        # the LambdaLR scheduler puts every group's LR back at the engine.step() that follows
         for g in self.optimizer.param_groups:
             g["lr"] = 0.0
 
     # ---- the loop ------------------------------------------------------------------------------
     def save(self) -> Optional[str]:
         cfg = self.cfg
-        client_state = {"step": self.step, "consumed_samples": self.consumed_samples, "optimizer_steps": self.step}
+        client_state = {"step": self.step, "consumed_samples": self.consumed_samples, "optimizer_steps": self.step,
+                        "telemetry": self.telemetry.state_dict()}
         meta = {"consumed_samples": self.consumed_samples, "tokenizer_json_sha256":
                 _sha256(os.path.join(cfg.data.tokenizer, "tokenizer.json")), "data_manifest": self.data.manifest(),
                 "weights_fingerprint_at_init": self.weights_fingerprint}
@@ -248,7 +272,7 @@ class Trainer:
                 self.save()
                 return 3
             if tcfg.eval_interval and self.step % tcfg.eval_interval == 0:
-                self.telemetry.validate(self.step, self.engine, self.data, self.device)
+                self.validate()
             if ccfg.save_interval and self.step % ccfg.save_interval == 0:
                 self.save()
         if not ccfg.save_interval or self.step % ccfg.save_interval != 0:
@@ -259,5 +283,32 @@ class Trainer:
         logger.info("done: %d steps, %d samples", self.step, self.consumed_samples)
         return 0
 
+    def validate(self) -> Dict[str, Any]:
+        """Validation loss per mask-ratio bucket at each bucket's fixed mid ratio, on the same held-out
+        batches with the same masks every time (seeded by batch index), so curves are comparable."""
+        tcfg = self.cfg.training
+        batches = list(self.data.valid_batches(self.device, tcfg.eval_batches))
+        self.engine.eval()
+
+        def loss_at_t(t_value: float):
+            outs = []
+            with torch.no_grad():
+                for i, batch in enumerate(batches):
+                    n = batch["input_ids"].shape[0]
+                    t = torch.full((n,), float(t_value), device=self.device)
+                    gen = torch.Generator(device=self.device).manual_seed(step_seed(tcfg.seed + 7919, i, self.rank))
+                    outs.append(as_loss_output(self.engine(batch, t, gen)))
+            return outs
+
+        record = self.telemetry.log_validation(self.step, loss_at_t)
+        self.engine.train()
+        buckets = " ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in record.items()
+                           if k.startswith("val/bucket_") and k.endswith("/ce") and v is not None)
+        logger.info("validation at step %d: loss %.4f, ce %.4f; ce per mask-ratio bucket: %s", self.step,
+                    record.get("val/loss") or float("nan"), record.get("val/ce") or float("nan"), buckets)
+        return record
+
     def close(self) -> None:
         self.telemetry.close()
+        if self._steps_log is not None:
+            self._steps_log.close()

@@ -1,4 +1,4 @@
-"""Real 2-process DeepSpeed runs (ZeRO-3 from a converted HF init folder, ZeRO-2, ZeRO-0), exported to HF
+"""Real DeepSpeed runs (2-process ZeRO-3 from a converted HF init folder, 2-process ZeRO-2, ZeRO-0), exported to HF
 folders that load offline in a fresh process and reproduce megadfm's logits (bidirectional, with t)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from tests.conversion.helpers import load_exports_offline, sample_inputs, save_h
 from tests.training.engine_helpers import assert_ok, run, tiny_config, write_config
 
 STEPS = 2
-RUNS = {  # name: (ZeRO stage, model overrides)
-    "zero3": (3, {"time_conditioning": "adaln"}),
-    "zero2": (2, {"time_conditioning": "adaln_single", "tie_word_embeddings": False}),
-    "zero0": (0, {"time_conditioning": "none"}),
+RUNS = {  # name: (ZeRO stage, processes, model overrides)
+    "zero3": (3, 2, {"time_conditioning": "adaln"}),
+    "zero2": (2, 2, {"time_conditioning": "adaln_single", "tie_word_embeddings": False}),
+    "zero0": (0, 1, {"time_conditioning": "none"}),  # ZeRO-0 writes one unpartitioned model file whatever the world size
 }
 
 
@@ -36,7 +36,7 @@ def trained(tmp_path_factory, stdlib_prefix, tokenizer_dir):
     init = str(work / "init")
     convert_hf_to_megadfm(hf_dir, init, time_conditioning="adaln", time_embedding_dim=32)
     runs = {}
-    for name, (stage, model) in RUNS.items():
+    for name, (stage, nproc, model) in RUNS.items():
         run_dir = str(work / name)
         training = {"train_steps": STEPS, "warmup_steps": 1, "zero_stage": stage,
                     "ds_config": os.path.join(REPO, f"ds_configs/cpu_zero{stage}.json")}
@@ -44,7 +44,7 @@ def trained(tmp_path_factory, stdlib_prefix, tokenizer_dir):
             training["init_from"] = init
         cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, model=dict(model, head_dim=16), training=training,
                           checkpoint={"save_interval": STEPS})
-        proc = run(write_config(str(work / f"{name}.yaml"), cfg), nproc=2)
+        proc = run(write_config(str(work / f"{name}.yaml"), cfg), nproc=nproc, launcher="deepspeed" if nproc > 1 else "python")
         assert_ok(proc)
         if name == "zero3":
             assert "initialisation: megadfm init folder" in proc.stdout + proc.stderr
@@ -77,7 +77,8 @@ def test_exports_load_offline_and_match_megadfm(trained, tmp_path, qwen_tokenize
         # a run dir for ZeRO-3, its checkpoints/ dir with an explicit step for the others
         ckpt, step = (run_dir, None) if name == "zero3" else (os.path.join(run_dir, "checkpoints"), STEPS)
         meta = export_to_hf(ckpt, out, step=step, max_shard_size="6MB" if name == "zero3" else "2GB")
-        assert meta["step"] == STEPS and meta["source"]["zero_stage"] == RUNS[name][0] and meta["source"]["world_size"] == 2
+        assert meta["step"] == STEPS and meta["source"]["zero_stage"] == RUNS[name][0]
+        assert meta["source"]["world_size"] == RUNS[name][1]
         assert ("ZeRO-0" if name == "zero0" else "zero_to_fp32") in meta["source"]["weights"]
         assert verify(out) == {}
         for f in ("config.json", "generation_config.json", "configuration_megadfm.py", "modeling_megadfm.py",

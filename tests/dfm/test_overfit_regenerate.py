@@ -3,7 +3,10 @@ regenerate them with both samplers from their first quarter (and infill their mi
 
 This is the end-to-end check that training and sampling agree on the shift convention and on t:
 a model trained by :func:`dfm_loss` only reproduces the sequences if the sampler reads its outputs
-the same way (``test_shift_mismatch_breaks_regeneration`` shows that a disagreement fails).
+the same way (``test_shift_mismatch_breaks_regeneration`` shows that a disagreement fails). The
+optimal mask-source denoiser does not depend on t (the mask ratio of x_t reveals it), so t is
+checked directly: at every evaluation during regeneration, the t given to the model must be the
+time at which the training path produces the input's mask ratio.
 
 Vocabulary: the sequences are tokenized with the real Qwen3 tokenizer, then their ~100 distinct
 ids are remapped to a compact vocabulary 0..K-1 (mask = K) so that the model trains in seconds on
@@ -32,6 +35,8 @@ from megadfm.dfm.sampler_config import SamplerConfig
 from megadfm.dfm.schedulers import make_scheduler
 from megadfm.dfm.time_sampling import sample_times
 from megadfm.model import ModelConfig, Qwen3DFM
+
+from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask
 
 EOD = 151643  # <|endoftext|>, appended to every document as preprocessing does
 FUNCTIONS = [("posixpath.py", "basename"), ("genericpath.py", "exists"), ("heapq.py", "heappush"), ("shlex.py", "join")]
@@ -81,13 +86,18 @@ def memorized(request, qwen_tokenizer) -> Memorized:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, STEPS) / STEPS)))
     gen = torch.Generator().manual_seed(SEED)
-    for _ in range(STEPS):
-        t = sample_times(len(docs) * COPIES, dfm, scheduler, generator=gen)
-        out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=eod)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        schedule.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small gains nothing from a 2nd thread and loses 3x on a busy machine
+    try:
+        for _ in range(STEPS):
+            t = sample_times(len(docs) * COPIES, dfm, scheduler, generator=gen)
+            out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=eod)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
     return Memorized(model.eval(), dfm, docs, vocab, mask_id, eod, texts)
 
 
@@ -109,7 +119,14 @@ def _regenerate(m: Memorized, sampler: SamplerConfig, dfm: DFMConfig):
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_regenerates_the_rest_from_the_first_quarter(memorized, sampler, qwen_tokenizer):
     m = memorized
-    prompts, out = _regenerate(m, SAMPLERS[sampler], m.dfm)
+    with Recorder(m.model) as rec:
+        prompts, out = _regenerate(m, SAMPLERS[sampler], m.dfm)
+    # A mask-source denoiser's optimum does not depend on t (x_t reveals it), so a memorized model
+    # regenerates even with a wrong t: check the t of every evaluation against the training path.
+    counts = [len(doc) - len(p) for doc, p in zip(m.docs, prompts)]
+    gen = generation_mask([len(p) for p in prompts], counts, rec.calls[0][0].shape[1])
+    assert_time_matches_mask_ratio(rec.calls, gen, m.mask_id, make_scheduler(m.dfm),
+                                   exact=SAMPLERS[sampler].method == "confidence")
     for b, doc in enumerate(m.docs):
         assert out.tokens[b] == doc[len(prompts[b]): -1], f"row {b}"
         assert out.finished[b]

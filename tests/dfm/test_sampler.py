@@ -9,6 +9,8 @@ from megadfm.dfm.sampler_config import SamplerConfig
 from megadfm.dfm.schedulers import make_scheduler
 from megadfm.model import ModelConfig, Qwen3DFM
 
+from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask
+
 VOCAB, MASK, PAD = 64, 60, 0
 
 
@@ -17,20 +19,6 @@ def model():
     m = Qwen3DFM(ModelConfig(vocab_size=VOCAB, mask_token_id=MASK, hidden_size=32, intermediate_size=64,
                              num_attention_heads=4, num_key_value_heads=2, kernels="torch"), seed=0)
     return m.eval()
-
-
-class Recorder:
-    """Forward hook: the (input_ids, t) of every model evaluation."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.register_forward_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs, output):
-        self.calls.append((args[0].clone(), kwargs["t"].clone()))
-
-    def close(self):
-        self.handle.remove()
 
 
 PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [11, 12]]
@@ -49,9 +37,8 @@ CASES = [
 def test_prompts_and_suffixes_are_clamped_and_no_mask_remains(model, case, shift):
     cfg = CASES[case]
     dfm = DFMConfig(scheduler="polynomial", scheduler_exponent=2.0, shift_logits=shift)
-    rec = Recorder(model)
-    out = generate(model, PROMPTS, 7, cfg, dfm, suffixes=SUFFIXES, pad_token_id=PAD)
-    rec.close()
+    with Recorder(model) as rec:
+        out = generate(model, PROMPTS, 7, cfg, dfm, suffixes=SUFFIXES, pad_token_id=PAD)
     assert out.model_evals == len(rec.calls) > 0
     for b, (prompt, suffix) in enumerate(zip(PROMPTS, SUFFIXES)):
         row = out.sequences[b].tolist()
@@ -70,9 +57,8 @@ def test_euler_unmasking_fraction_matches_the_exact_formula(model):
     dfm = DFMConfig(scheduler="polynomial", scheduler_exponent=2.0)
     cfg = SamplerConfig(method="euler", steps=6, eos_token_id=None)
     scheduler = make_scheduler(dfm)
-    rec = Recorder(model)
-    out = generate(model, [[1]] * 96, 32, cfg, dfm, pad_token_id=PAD)
-    rec.close()
+    with Recorder(model) as rec:
+        out = generate(model, [[1]] * 96, 32, cfg, dfm, pad_token_id=PAD)
     grid = time_grid(cfg.steps, cfg.time_grid, scheduler)
     kappa = scheduler.kappa(grid)
     states = [x[:, 1:] for x, _ in rec.calls] + [out.sequences[:, 1:]]
@@ -94,21 +80,15 @@ def test_sampler_time_agrees_with_the_training_path(model, kind):
     """At every evaluation, the masked fraction of the new positions is the mask ratio training uses at that t."""
     dfm = DFMConfig(scheduler=kind, scheduler_exponent=3.0)
     scheduler = make_scheduler(dfm)
-    # Euler: the fraction is random; its mean over many rows must be r(t) = 1 - kappa(t)
-    rec = Recorder(model)
-    generate(model, [[1]] * 64, 32, SamplerConfig(method="euler", steps=5, eos_token_id=None), dfm, pad_token_id=PAD)
-    rec.close()
-    for x, t in rec.calls:
-        frac = float((x[:, 1:] == MASK).float().mean())
-        r = float(scheduler.mask_ratio(t[:1].double()))
-        assert abs(frac - r) < 0.03, (frac, r)
-    # Confidence: the fraction is exact per row, and t is its time
-    rec = Recorder(model)
-    generate(model, [[1], [2, 3]], 20, SamplerConfig(method="confidence", steps=7, eos_token_id=None), dfm, pad_token_id=PAD)
-    rec.close()
-    for x, t in rec.calls:
-        frac = torch.tensor([(x[0, 1:21] == MASK).double().mean(), (x[1, 2:22] == MASK).double().mean()])
-        torch.testing.assert_close(scheduler.mask_ratio(t.double()), frac, atol=1e-5, rtol=0)
+    # Euler: the fraction is random; over many rows it must be r(t) = 1 - kappa(t)
+    with Recorder(model) as rec:
+        generate(model, [[1]] * 64, 32, SamplerConfig(method="euler", steps=5, eos_token_id=None), dfm, pad_token_id=PAD)
+    assert_time_matches_mask_ratio(rec.calls, generation_mask([1] * 64, [32] * 64, 33), MASK, scheduler, exact=False)
+    # Confidence: the fraction is exact per row, and t is its time (rows of different lengths)
+    with Recorder(model) as rec:
+        generate(model, [[1], [2, 3]], [20, 13], SamplerConfig(method="confidence", steps=7, eos_token_id=None), dfm,
+                 pad_token_id=PAD)
+    assert_time_matches_mask_ratio(rec.calls, generation_mask([1, 2], [20, 13], 21), MASK, scheduler, exact=True)
 
 
 def test_confidence_blocks_stop_at_eos_and_truncate(model):

@@ -35,7 +35,7 @@ def test_zero3_two_processes_loss_decreases(tmp_path, stdlib_prefix, tokenizer_d
     first = sum(recs[s]["loss"] for s in range(1, 6)) / 5
     last = sum(recs[s]["loss"] for s in range(26, 31)) / 5
     assert last < first - 1.0, (first, last)
-    assert all(recs[s]["grad_norm/total"] > 0 for s in recs)
+    assert all(recs[s]["grad_norm"] > 0 for s in recs)
     assert complete_steps(run_dir) == [30]
 
 

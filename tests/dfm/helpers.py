@@ -1,0 +1,54 @@
+"""Shared helpers of the DFM tests: record the model's inputs during sampling, check t against the path."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from megadfm.dfm.schedulers import Scheduler
+
+
+class Recorder:
+    """Forward hook on a model: the (input_ids, t) of every evaluation, in order."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.calls: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.handle = model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        self.calls.append((args[0].clone(), kwargs["t"].clone()))
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def generation_mask(starts: List[int], counts: List[int], seq_len: int) -> torch.Tensor:
+    cols = torch.arange(seq_len)[None, :]
+    start = torch.tensor(starts)[:, None]
+    return (cols >= start) & (cols < start + torch.tensor(counts)[:, None])
+
+
+def assert_time_matches_mask_ratio(calls, gen: torch.Tensor, mask_id: int, scheduler: Scheduler, exact: bool) -> None:
+    """At every evaluation the model's t is the time at which training produces the input's mask ratio.
+
+    exact (confidence sampler): per row, r(t_b) equals the masked fraction of the row's new positions.
+    Otherwise (Euler, random unmasking, one t for all rows): the pooled masked fraction is within
+    5 binomial standard errors (+0.02) of r(t).
+    """
+    assert calls, "the model was never evaluated"
+    for x, t in calls:
+        masked = (x == mask_id) & gen
+        r = scheduler.mask_ratio(t.double())
+        if exact:
+            frac = masked.sum(1).double() / gen.sum(1).double()
+            torch.testing.assert_close(r, frac, atol=1e-5, rtol=0)
+        else:
+            assert torch.equal(t, t[:1].expand_as(t))
+            n = int(gen.sum())
+            frac = float(masked.sum()) / n
+            r0 = float(r[0])
+            assert abs(frac - r0) <= 5 * (r0 * (1 - r0) / n) ** 0.5 + 0.02, (frac, r0, float(t[0]))
