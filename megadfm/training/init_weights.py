@@ -109,6 +109,32 @@ def safetensors_shapes(folder: str) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
+# Fields that change the function the weights compute; the rest (kernels, dtype, checkpointing, chunk
+# size, attention mode) are run-time choices the training YAML may set freely.
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "resolved_head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+                       "attention_bias", "time_conditioning", "time_embedding_dim", "mask_token_id")
+
+
+def check_init_folder_config(folder: str, model_cfg) -> None:
+    """The training YAML's model section must describe the architecture the init folder was written for."""
+    import yaml
+
+    from megadfm.config_base import build
+    from megadfm.model.config import ModelConfig
+
+    path = os.path.join(folder, MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise WeightLoadError(f"{folder}: no {MODEL_CONFIG_FILE} (write init folders with tools/convert_hf_to_megadfm.py)")
+    with open(path) as f:
+        saved = build(ModelConfig, yaml.safe_load(f) or {}, "model", default_source=path)
+    diffs = [f"{name}: init folder {getattr(saved, name)!r} vs config {getattr(model_cfg, name)!r}"
+             for name in ARCHITECTURE_FIELDS if getattr(saved, name) != getattr(model_cfg, name)]
+    if diffs:
+        raise WeightLoadError(f"model config does not match the init folder {folder} ({path}): " + "; ".join(diffs) +
+                              ". Copy the model section from that file into your YAML.")
+
+
 def load_init_folder(model: nn.Module, folder: str) -> None:
     load_into_model(model, iter_safetensors(folder), folder, safetensors_shapes(folder))
 

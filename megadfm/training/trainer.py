@@ -25,7 +25,7 @@ from megadfm.dfm.time_sampling import sample_times, step_seed
 from megadfm.model.qwen3_dfm import Qwen3DFM
 from megadfm.training.checkpoint import CheckpointManager
 from megadfm.training.ds_config import build_ds_config
-from megadfm.training.init_weights import fingerprint, load_checkpoint_weights, load_init_folder
+from megadfm.training.init_weights import check_init_folder_config, fingerprint, load_checkpoint_weights, load_init_folder
 from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
 from megadfm.training.optim import build_optimizer
@@ -47,6 +47,17 @@ def _sha256(path: str) -> Optional[str]:
     from megadfm.data.qwen_tokenizer_build import sha256_file
 
     return sha256_file(path)
+
+
+def training_noise(cfg: MegaDFMConfig, scheduler, step: int, global_offset: int, n: int, global_batch: int,
+                   device: torch.device):
+    """(t [n], corruption generator) for the n sequences at ``global_offset`` of the global batch of
+    optimizer step ``step`` (0-based). A function of those numbers only: resumes and other world
+    sizes reproduce it exactly."""
+    t = sample_times(n, cfg.dfm, scheduler, global_batch_size=global_batch, rank_offset=global_offset,
+                     seed=step_seed(cfg.training.seed, step), device=device)
+    gen = torch.Generator(device=device).manual_seed(step_seed(cfg.training.seed, step, 1 + global_offset))
+    return t, gen
 
 
 class Trainer:
@@ -120,6 +131,7 @@ class Trainer:
             load_checkpoint_weights(model, root, prefix="model.")
         else:
             logger.info("initialisation: megadfm init folder %s", src)
+            check_init_folder_config(src, mcfg)
             load_init_folder(model, src)
         fp = fingerprint(model)
         logger.info("weights fingerprint: %s", ", ".join(f"{k}={v:.6g}" for k, v in fp.items()))
@@ -143,12 +155,7 @@ class Trainer:
         return micro * mbs * self.world_size + self.rank * mbs
 
     def _noise(self, step: int, micro: int, n: int):
-        cfg = self.cfg
-        offset = self._micro_offsets(micro)
-        t = sample_times(n, cfg.dfm, self.scheduler, global_batch_size=self.global_batch, rank_offset=offset,
-                         seed=step_seed(cfg.training.seed, step), device=self.device)
-        gen = torch.Generator(device=self.device).manual_seed(step_seed(cfg.training.seed, step, 1 + offset))
-        return t, gen
+        return training_noise(self.cfg, self.scheduler, step, self._micro_offsets(micro), n, self.global_batch, self.device)
 
     def train_step(self) -> Dict[str, Any]:
         tcfg = self.cfg.training
