@@ -31,7 +31,7 @@ import torch
 from megadfm.config_base import to_dict
 from megadfm.conversion import hf_modeling
 from megadfm.conversion.checkpoint_source import MegaDFMSource, SourceError, open_source
-from megadfm.conversion.hf_import import _progress
+from megadfm.conversion.hf_import import progress_bar
 from megadfm.conversion.metadata import staged_output, write_metadata
 from megadfm.conversion.name_map import ConversionError, hf_config_from_model_config, hf_export_plan, modulation_output_names
 from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, human_bytes, parse_size
@@ -84,7 +84,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
                 human_bytes(total), str(out_dtype).replace("torch.", ""))
 
     with staged_output(out_dir, force=force, needed_bytes=total) as tmp:
-        bar = _progress(total, progress)
+        bar = progress_bar(total, progress)
         writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
         try:
             for name, tensor in src.iter_tensors():

@@ -83,7 +83,7 @@ def convert_hf_to_megadfm(hf_dir: str, out_dir: str, time_conditioning: str = "a
                 cfg.time_conditioning, mask_row)
 
     with staged_output(out_dir, force=force, needed_bytes=total) as tmp:
-        bar = _progress(total, progress)
+        bar = progress_bar(total, progress)
         writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
         try:
             for name, tensor in src.iter_tensors():
@@ -199,7 +199,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
     if not enabled:
         return _NoBar()
     from tqdm import tqdm

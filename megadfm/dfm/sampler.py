@@ -21,7 +21,7 @@ decoded in semi-autoregressive blocks, left to right, ``steps // num_blocks`` st
 model receives t = t_for_mask_ratio(fraction of the row's new positions still masked), the time at
 which training would have produced that mask ratio.
 
-Logits come from :func:`megadfm.dfm.shift.gather_predictions`, the same function the loss uses.
+Hidden states are picked by :func:`megadfm.dfm.shift.gather_predictions`, the same function the loss uses.
 """
 
 from __future__ import annotations
@@ -53,16 +53,35 @@ def time_grid(steps: int, kind: str, scheduler: Scheduler) -> torch.Tensor:
     raise ValueError(f"unknown time_grid {kind!r}; expected uniform or scheduler")
 
 
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, layout: GenerationLayout,
-                   targets: torch.Tensor, shift: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """fp32 logits [N, V] for the ``targets`` [B, L] positions of ``x`` at times ``t`` [B], and their flat indices."""
+LOGITS_BUDGET = 1 << 24
+"""fp32 logits held at once while decoding (64 MiB): positions are decoded in chunks of
+LOGITS_BUDGET // vocab rows, so a large batch x block never materializes [N, 151936] logits."""
+
+
+def predict_tokens(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, layout: GenerationLayout,
+                   targets: torch.Tensor, shift: bool, cfg: SamplerConfig, generator: torch.Generator,
+                   confidence: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Draw a token for every ``targets`` [B, L] position of ``x`` at times ``t`` [B].
+
+    Returns (flat target indices [N], tokens [N], confidence scores [N] or None). One model forward;
+    the head, the filters and the draw run in chunks (:data:`LOGITS_BUDGET`). Ids above the mask
+    are Qwen3's never-trained padding rows (DESIGN.md §3) and, like the mask, are never drawn.
+    """
     batch = layout.batch
     hidden = model(x, t=t, position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"])
     hidden_sel, target = gather_predictions(hidden, targets, layout.segment_start, shift)
-    logits = model.logits(hidden_sel).float()
-    # Ids above the mask are Qwen3's never-trained padding rows (DESIGN.md §3): never produce them.
-    logits[:, model.cfg.mask_token_id + 1:] = float("-inf")
-    return logits, target
+    chunk = max(1, LOGITS_BUDGET // model.cfg.vocab_size)
+    tokens, scores = [], []
+    for lo in range(0, hidden_sel.shape[0], chunk):
+        logits = model.logits(hidden_sel[lo: lo + chunk]).float()
+        logits[:, model.cfg.mask_token_id + 1:] = float("-inf")
+        drawn, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        tokens.append(drawn)
+        if confidence is not None:
+            scores.append(confidence_scores(probs, drawn, confidence))
+    token = torch.cat(tokens) if tokens else target.new_zeros(0)
+    score = (torch.cat(scores) if scores else hidden_sel.new_zeros(0)) if confidence is not None else None
+    return target, token, score
 
 
 def _write(x: torch.Tensor, flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -88,9 +107,8 @@ def _euler(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler: Sche
         if not bool(jump.any()):
             continue
         t = torch.full((bsz,), float(grid[k]), dtype=torch.float32, device=x.device)
-        logits, target = predict_logits(model, x, t, layout, jump, dfm.shift_logits)
+        target, tokens, _ = predict_tokens(model, x, t, layout, jump, dfm.shift_logits, cfg, generator)
         evals += 1
-        tokens, _ = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         _write(x, target, tokens)
     return evals
 
@@ -118,11 +136,11 @@ def _confidence(model, x, layout, cfg: SamplerConfig, dfm: DFMConfig, scheduler:
                 continue
             ratio = (layout.generate & (x == mask_id)).sum(dim=1).double() / layout.new_tokens.double()
             t = scheduler.t_for_mask_ratio(ratio).to(torch.float32)
-            logits, target = predict_logits(model, x, t, layout, still, dfm.shift_logits)
+            target, tokens, scores = predict_tokens(model, x, t, layout, still, dfm.shift_logits, cfg, generator,
+                                                    confidence=cfg.confidence)
             evals += 1
-            tokens, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
             conf = torch.full((bsz * seq_len,), float("-inf"), device=x.device)
-            conf[target] = confidence_scores(probs, tokens, cfg.confidence)
+            conf[target] = scores.float()
             drawn = torch.zeros(bsz * seq_len, dtype=x.dtype, device=x.device)
             drawn[target] = tokens.to(x.dtype)
             best = torch.topk(conf.view(bsz, seq_len), k_max, dim=1).indices  # [B, k_max] columns

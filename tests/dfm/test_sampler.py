@@ -111,3 +111,14 @@ def test_shift_needs_a_prompt(model):
         generate(model, [[]], 4, SamplerConfig(), DFMConfig(shift_logits=True), pad_token_id=PAD)
     out = generate(model, [[]], 4, SamplerConfig(eos_token_id=None), DFMConfig(shift_logits=False), pad_token_id=PAD)
     assert len(out.tokens[0]) == 4
+
+
+@pytest.mark.parametrize("method", ["euler", "confidence"])
+def test_chunked_decoding_gives_the_same_tokens(model, method, monkeypatch):
+    import megadfm.dfm.sampler as sampler_module
+
+    cfg = SamplerConfig(method=method, steps=4, temperature=0.0, confidence="margin", eos_token_id=None)
+    whole = generate(model, PROMPTS, 9, cfg, DFMConfig(), pad_token_id=PAD)
+    monkeypatch.setattr(sampler_module, "LOGITS_BUDGET", 3 * VOCAB)  # 3 positions per chunk
+    chunked = generate(model, PROMPTS, 9, cfg, DFMConfig(), pad_token_id=PAD)
+    assert chunked.tokens == whole.tokens

@@ -15,7 +15,6 @@ predicts the token at i + 1. The logit of ``config.mask_token_id`` is -inf.
 """
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
