@@ -32,7 +32,7 @@ from megadfm.dfm.sampler_config import SamplerConfig  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, help="Folder with config.yaml + model.safetensors.")
+    p.add_argument("--model-dir", required=True, help="A model folder (config.yaml + model.safetensors), or a training run dir / checkpoint (newest complete checkpoint, any ZeRO stage).")
     p.add_argument("--tokenizer", default=None, help="Local HF tokenizer folder (default: data.tokenizer of config.yaml).")
     p.add_argument("--prompt", action="append", required=True,
                    help="Prompt text; repeat for a batch (prompts may differ in length). Backslash escapes (\\n) are decoded.")

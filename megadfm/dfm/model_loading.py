@@ -28,6 +28,8 @@ def load_model_dir(model_dir: str, device: Optional[torch.device] = None,
     """
     config_path = os.path.join(model_dir, CONFIG_FILE)
     weights_path = os.path.join(model_dir, WEIGHTS_FILE)
+    if not os.path.isfile(weights_path) and _is_training_checkpoint(model_dir):
+        return _load_from_checkpoint(model_dir, device, dtype)
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{os.path.abspath(model_dir)}: missing {os.path.basename(path)} "
@@ -58,3 +60,24 @@ def save_model_dir(model: Qwen3DFM, cfg: MegaDFMConfig, model_dir: str) -> None:
     tmp = os.path.join(model_dir, f".{WEIGHTS_FILE}.tmp")
     save_file(state, tmp)
     os.replace(tmp, os.path.join(model_dir, WEIGHTS_FILE))
+
+
+def _is_training_checkpoint(path: str) -> bool:
+    return (os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isfile(os.path.join(path, "latest"))
+            or os.path.isfile(os.path.join(path, "megadfm_meta.json")))
+
+
+def _load_from_checkpoint(path: str, device: Optional[torch.device], dtype: Optional[str]) -> Tuple[Qwen3DFM, MegaDFMConfig]:
+    """A run dir, its checkpoints/ or one step_XXXXXXXX/: the newest complete (or given) checkpoint,
+    consolidated from any ZeRO stage and world size, with the run config saved beside it."""
+    from megadfm.conversion.checkpoint_source import open_source
+    from megadfm.training.init_weights import load_into_model
+
+    source = open_source(path)
+    cfg = source.run_config
+    if dtype:
+        cfg.model.dtype = dtype
+    model = Qwen3DFM(cfg.model)
+    load_into_model(model, source.iter_tensors(), source.path, {n: tuple(sp.shape) for n, sp in source.specs.items()})
+    device = device or torch.device("cpu")
+    return model.to(device).eval(), cfg

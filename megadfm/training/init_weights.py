@@ -128,11 +128,17 @@ def check_init_folder_config(folder: str, model_cfg) -> None:
         raise WeightLoadError(f"{folder}: no {MODEL_CONFIG_FILE} (write init folders with tools/convert_hf_to_megadfm.py)")
     with open(path) as f:
         saved = build(ModelConfig, yaml.safe_load(f) or {}, "model", default_source=path)
-    diffs = [f"{name}: init folder {getattr(saved, name)!r} vs config {getattr(model_cfg, name)!r}"
+    check_architecture(saved, model_cfg, path)
+
+
+def check_architecture(saved, model_cfg, source: str) -> None:
+    """Raise WeightLoadError listing every architecture field where ``saved`` (the weights' config)
+    and ``model_cfg`` (this run's) differ."""
+    diffs = [f"{name}: weights {getattr(saved, name)!r} vs config {getattr(model_cfg, name)!r}"
              for name in ARCHITECTURE_FIELDS if getattr(saved, name) != getattr(model_cfg, name)]
     if diffs:
-        raise WeightLoadError(f"model config does not match the init folder {folder} ({path}): " + "; ".join(diffs) +
-                              ". Copy the model section from that file into your YAML.")
+        raise WeightLoadError(f"the model section of the config does not match the weights in {source}: " + "; ".join(diffs) +
+                              ". Copy the weights' model config into your YAML.")
 
 
 def load_init_folder(model: nn.Module, folder: str) -> None:

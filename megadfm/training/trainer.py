@@ -25,7 +25,7 @@ from megadfm.dfm.time_sampling import sample_times, step_seed
 from megadfm.model.qwen3_dfm import Qwen3DFM
 from megadfm.training.checkpoint import CheckpointManager
 from megadfm.training.ds_config import build_ds_config
-from megadfm.training.init_weights import check_init_folder_config, fingerprint, load_checkpoint_weights, load_init_folder
+from megadfm.training.init_weights import check_architecture, fingerprint, load_into_model
 from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
 from megadfm.training.optim import build_optimizer
@@ -125,14 +125,14 @@ class Trainer:
         src = tcfg.init_from
         if src is None:
             logger.info("initialisation: from scratch (seed %d)", tcfg.seed)
-        elif os.path.isdir(os.path.join(src, "checkpoints")) or os.path.isfile(os.path.join(src, "latest")):
-            root = os.path.join(src, "checkpoints") if os.path.isdir(os.path.join(src, "checkpoints")) else src
-            logger.info("initialisation: weights of megadfm checkpoint %s", root)
-            load_checkpoint_weights(model, root, prefix="model.")
         else:
-            logger.info("initialisation: megadfm init folder %s", src)
-            check_init_folder_config(src, mcfg)
-            load_init_folder(model, src)
+            from megadfm.conversion.checkpoint_source import open_source
+
+            source = open_source(src)  # an init folder, a run dir, its checkpoints/ or one step_XXXXXXXX/
+            what = "megadfm init folder" if source.kind == "init_folder" else f"megadfm checkpoint (step {source.step})"
+            logger.info("initialisation: %s %s", what, source.path)
+            check_architecture(source.model_config, mcfg, source.path)
+            load_into_model(model, source.iter_tensors(), source.path, {n: tuple(sp.shape) for n, sp in source.specs.items()})
         fp = fingerprint(model)
         logger.info("weights fingerprint: %s", ", ".join(f"{k}={v:.6g}" for k, v in fp.items()))
         self.weights_fingerprint = fp
