@@ -11,12 +11,12 @@ the file (or the ``--set`` flag) it came from and what is expected. Cross-sectio
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from megadfm.io_utils import write_text_atomic
 from megadfm.config_base import ConfigError, build, describe, doc, require, to_dict
 from megadfm.data.config import BlendSource, DataConfig
 from megadfm.dfm.config import DFMConfig
@@ -119,16 +119,4 @@ def config_to_yaml(cfg: MegaDFMConfig) -> str:
 
 def dump_config(cfg: MegaDFMConfig, path: str) -> None:
     """Write the resolved config atomically (temporary name, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(config_to_yaml(cfg))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, config_to_yaml(cfg))

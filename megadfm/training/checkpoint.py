@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megadfm.io_utils import write_bytes_atomic
 from megadfm.training.config import CheckpointConfig
 
 logger = logging.getLogger(__name__)
@@ -61,16 +62,6 @@ def fsync_tree(root: str) -> None:
         for name in filenames:
             _fsync_path(os.path.join(dirpath, name))
         _fsync_path(dirpath)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def dir_size(path: str) -> int:
@@ -242,7 +233,7 @@ class CheckpointManager:
             final_dir = os.path.join(self.root, tag)
             os.rename(tmp_dir, final_dir)
             _fsync_path(self.root)
-            write_atomic(os.path.join(self.root, LATEST_FILE), tag.encode())
+            write_bytes_atomic(os.path.join(self.root, LATEST_FILE), tag.encode())
             self.last_save_bytes = dir_size(final_dir)
             logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final_dir, self.last_save_bytes / 1e6, time.time() - start)
             self._apply_retention()

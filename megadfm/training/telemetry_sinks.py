@@ -11,8 +11,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Dict, List, Optional
+
+from megadfm.io_utils import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,7 @@ def json_safe(obj: Any) -> Any:
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON to a temporary name in the same folder, fsync, rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(obj), f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=1, allow_nan=False))
 
 
 class JsonlSink:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -57,7 +56,7 @@ def _resume_pair(tmp_path, stdlib_prefix, tokenizer_dir, first_nproc, second_npr
     resumed = run(part_path, nproc=second_nproc, launcher="deepspeed" if second_nproc > 1 else "python",
                   overrides=[f"training.grad_accum_steps={accum_second}"])
     assert_ok(resumed)
-    assert f"resumed from" in resumed.stdout and f"step {k}" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"step {k}" in resumed.stdout
     return step_records(full_dir), step_records(part_dir), resumed
 
 
@@ -95,7 +94,7 @@ def test_kill_during_training_then_resume(tmp_path, stdlib_prefix, tokenizer_dir
     latest = complete_steps(run_dir)[-1]
     second = run(path, nproc=2, overrides=[f"training.train_steps={killed_at + 4}"])
     assert_ok(second)
-    assert f"resumed from" in second.stdout
+    assert "resumed from" in second.stdout
     resumed_step = int(second.stdout.split("resumed from")[1].split("step ")[1].split(",")[0])
     assert resumed_step >= latest
     assert max(step_records(run_dir)) == killed_at + 4
