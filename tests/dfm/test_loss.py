@@ -107,13 +107,14 @@ def test_loss_scores_the_right_position_and_never_crosses_documents(model, shift
     starts = torch.zeros(2, 12, dtype=torch.bool)
     starts[:, [0, 5]] = True
     assert torch.equal(out.masked, ~starts if shift else torch.ones_like(starts))
-    hidden = model(out.x_t, t=t, position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=7)
-    logits = model.logits(hidden)
+    with torch.no_grad():
+        hidden = model(out.x_t, t=t, position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=7)
+        logits = model.logits(hidden)
     total = 0.0
     for b, i in out.masked.nonzero().tolist():
         src = i - 1 if shift else i
         total += float(F.cross_entropy(logits[b, src][None], ids[b, i][None]))
-    assert float(out.loss) == pytest.approx(total / int(out.masked.sum()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(total / int(out.masked.sum()), rel=1e-5)
 
 
 def test_loss_backpropagates_and_strategies_run(model):
@@ -139,3 +140,14 @@ def test_coda_preset_requires_tokens_normalizer():
     from megadfm.config_base import ConfigError
     with pytest.raises(ConfigError, match="loss_normalizer"):
         DFMConfig(loss_weighting="coda", loss_normalizer="masked")
+
+
+def test_uniform_source_scores_every_maskable_position(model):
+    cfg = DFMConfig(source="uniform", loss_weighting="none", loss_normalizer="masked")
+    batch = batch_from_documents(_random_docs(2, [10, 7], 6), seq_len=10, pad_token_id=PAD)
+    out = dfm_loss(model, batch, torch.tensor([0.3, 0.6]), cfg, make_scheduler(cfg), torch.Generator().manual_seed(0),
+                   pad_token_id=PAD)
+    expected = batch["loss_mask"].clone()
+    expected[:, 0] = False  # shift on: document starts are never scored
+    assert torch.equal(out.masked, expected)
+    assert not (out.x_t == MASK).any()  # a uniform source never shows the mask token

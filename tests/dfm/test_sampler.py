@@ -122,3 +122,15 @@ def test_chunked_decoding_gives_the_same_tokens(model, method, monkeypatch):
     monkeypatch.setattr(sampler_module, "LOGITS_BUDGET", 3 * VOCAB)  # 3 positions per chunk
     chunked = generate(model, PROMPTS, 9, cfg, DFMConfig(), pad_token_id=PAD)
     assert chunked.tokens == whole.tokens
+
+
+def test_euler_with_a_mixture_source(model):
+    dfm = DFMConfig(source="mixture", mixture_uniform_fraction=0.5)
+    out = generate(model, PROMPTS, 6, SamplerConfig(method="euler", steps=4, eos_token_id=None), dfm, suffixes=SUFFIXES,
+                   pad_token_id=PAD)
+    for b, prompt in enumerate(PROMPTS):
+        assert out.sequences[b, : len(prompt)].tolist() == prompt
+        assert len(out.tokens[b]) == 6
+    assert not (out.sequences == MASK).any()
+    with pytest.raises(ValueError, match="mask source"):
+        generate(model, PROMPTS, 6, SamplerConfig(method="confidence"), dfm, pad_token_id=PAD)
