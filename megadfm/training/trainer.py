@@ -98,6 +98,7 @@ class Trainer:
         self.step = 0
         self.consumed_samples = 0
         self._telemetry_state = None
+        self._test_nan_step = int(os.environ.get("MEGADFM_TEST_NAN_AT_STEP", "0"))
         self._resume_if_possible()
         self.data = TrainingData(cfg, rank, world_size, self.consumed_samples)
         self.flops_per_token = flops_per_token(cfg.model, cfg.data.seq_len)
@@ -167,6 +168,8 @@ class Trainer:
             batch = self.data.next_train_batch(self.device)
             t, gen = self._noise(self.step, micro, batch["input_ids"].shape[0])
             out = as_loss_output(self.engine(batch, t, gen))
+            if self._test_nan_step == step:  # test hook: a non-finite loss on demand (cannot be provoked reliably)
+                out.loss = out.loss * float("nan")
             self.engine.backward(out.loss)
             self.telemetry.record_loss_output(out, batch, replay={"step": step, "micro": micro,
                                                                    "global_offset": self._micro_offsets(micro)})

@@ -128,3 +128,50 @@ def test_batch_arithmetic_error_is_explained(tmp_path, stdlib_prefix, tokenizer_
     text = proc.stdout + proc.stderr
     assert "training.global_batch_size" in text and "8 != micro_batch_size 2 x grad_accum_steps 1 x data-parallel size 1 = 2" in text
     assert "grad_accum_steps=4" in text
+
+
+def test_torchrun_with_zero_init_matches_deepspeed_launcher(tmp_path, stdlib_prefix, tokenizer_dir):
+    """The same run under torchrun with the model built inside deepspeed.zero.Init gives the same losses
+    bit for bit: the seeded init does not depend on partitioning, nor the launcher on anything."""
+    runs = {}
+    for name, launcher, zero_init in (("ds", "deepspeed", False), ("tr", "torchrun", True)):
+        run_dir = str(tmp_path / name)
+        cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 3, "zero_init": zero_init},
+                          checkpoint={"save_interval": 0})
+        assert_ok(run(write_config(str(tmp_path / f"{name}.yaml"), cfg), nproc=2, launcher=launcher))
+        runs[name] = step_records(run_dir)
+    assert [runs["ds"][s]["loss"] for s in (1, 2, 3)] == [runs["tr"][s]["loss"] for s in (1, 2, 3)]
+
+
+def _consolidated(run_dir, step):
+    from megadfm.training.init_weights import consolidated_state_dict
+
+    return consolidated_state_dict(os.path.join(run_dir, "checkpoints"), f"step_{step:08d}")
+
+
+def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, stdlib_prefix, tokenizer_dir):
+    run_dir = str(tmp_path / "run")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 6}, checkpoint={"save_interval": 0})
+    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=1, launcher="python",
+               env={"MEGADFM_TEST_NAN_AT_STEP": "3"})
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 3: loss nan" in proc.stdout and "is not finite" in proc.stdout
+    assert complete_steps(run_dir) == [2]  # the last good state, loadable
+    assert max(step_records(run_dir)) == 2
+
+
+def test_nonfinite_loss_skip_leaves_weights_unchanged(tmp_path, stdlib_prefix, tokenizer_dir):
+    import torch
+
+    run_dir = str(tmp_path / "run")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 5, "nonfinite_policy": "skip"},
+                      checkpoint={"save_interval": 1, "keep_last": 10})
+    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=1, launcher="python",
+               env={"MEGADFM_TEST_NAN_AT_STEP": "3"})
+    assert_ok(proc)
+    recs = step_records(run_dir)
+    assert recs[3]["skipped"] is True and all(not recs[s]["skipped"] for s in (1, 2, 4, 5))
+    assert all(recs[s]["loss"] == recs[s]["loss"] for s in (4, 5))  # finite again (not NaN)
+    before, after, later = _consolidated(run_dir, 2), _consolidated(run_dir, 3), _consolidated(run_dir, 4)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the skipped update changed nothing
+    assert any(not torch.equal(after[k], later[k]) for k in after)  # the next one did
