@@ -18,8 +18,9 @@ def setup_logging(rank: int) -> None:
                         stream=sys.stdout, force=True)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # DeepSpeed 0.19 calls torch's deprecated reduce_scatter_tensor every step: one line per step of noise.
-    warnings.filterwarnings("ignore", message=r".*reduce_scatter_tensor.*", category=FutureWarning)
+    # DeepSpeed 0.19 calls torch's deprecated reduce_scatter_tensor / all_gather_into_tensor every step:
+    # one line of noise per step and rank.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated.*", category=FutureWarning)
 
 
 def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None) -> int:
