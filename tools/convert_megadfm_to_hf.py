@@ -38,7 +38,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megadfm.conversion.cli import run_main, setup_logging  # noqa: E402
+from megadfm.conversion.cli import check_size_flag, run_main, setup_logging  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,12 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="Replace --out if it exists (only after the new folder is complete).")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     args = p.parse_args(argv)
-    from megadfm.conversion.safetensors_io import parse_size
-
-    try:
-        parse_size(args.max_shard_size)
-    except ValueError as e:
-        p.error(f"--max-shard-size: {e}")
+    check_size_flag(p, "--max-shard-size", args.max_shard_size)
     return args
 
 

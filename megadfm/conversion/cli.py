@@ -22,6 +22,16 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def check_size_flag(parser, flag: str, value: str) -> None:
+    """Reject an unparseable size (e.g. --max-shard-size 5XB) at argument parsing, before any work."""
+    from megadfm.conversion.safetensors_io import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as e:
+        parser.error(f"{flag}: {e}")
+
+
 def run_main(fn: Callable[[], object], tool: str) -> int:
     """Run ``fn``; a bad input is reported as ``tool: error: ...`` (exit 2), with nothing written."""
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from typing import Any, Dict, List, Optional
@@ -117,7 +118,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
             "model_config": to_dict(cfg),
             "run_config": to_dict(src.run_config) if src.run_config is not None else None,
             "checkpoint_meta": src.meta or None,
-            "parameter_count": sum(_numel(s.shape) for s in out_specs),
+            "parameter_count": sum(math.prod(s.shape) for s in out_specs),
             "dtype": str(out_dtype).replace("torch.", ""),
             "report": report,
             "warnings": warnings,
@@ -129,13 +130,6 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
     logger.info("wrote %s: %s parameters in %d weight file(s); %s", os.path.abspath(out_dir),
                 f"{meta['parameter_count']:,}", len(sha), plan.summary())
     return written
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _resolve_dtype(dtype: str, src: MegaDFMSource) -> torch.dtype:

@@ -24,6 +24,7 @@ dtype. Changes to the checkpoint, all listed in the report:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Dict, Optional
 
@@ -36,10 +37,10 @@ from megadfm.conversion.metadata import staged_output, write_metadata
 from megadfm.conversion.name_map import ConversionError, hf_import_plan, model_config_from_hf, modulation_output_names
 from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, human_bytes, parse_size
 from megadfm.model.config import ModelConfig
+from megadfm.training.init_weights import MODEL_CONFIG_FILE
 
 logger = logging.getLogger("megadfm.conversion")
 
-MODEL_CONFIG_FILE = "megadfm_model.yaml"  # = megadfm.training.init_weights.MODEL_CONFIG_FILE
 TOKENIZER_SUBDIR = "tokenizer"
 EMBEDDING = "embed_tokens.weight"
 
@@ -117,7 +118,7 @@ def convert_hf_to_megadfm(hf_dir: str, out_dir: str, time_conditioning: str = "a
                        "files": [os.path.basename(p) for p in src.files], "config": src.config},
             "step": None,
             "model_config": to_dict(cfg),
-            "parameter_count": sum(_numel(s.shape) for s in out_specs),
+            "parameter_count": sum(math.prod(s.shape) for s in out_specs),
             "dtypes": sorted({str(s.dtype).replace("torch.", "") for s in out_specs}),
             "report": report,
             "tokenizer": {"source": tokenizer_dir, "note": tokenizer_note,
@@ -128,13 +129,6 @@ def convert_hf_to_megadfm(hf_dir: str, out_dir: str, time_conditioning: str = "a
     logger.info("wrote %s: %s parameters in %d weight file(s); %s; %s; %s", os.path.abspath(out_dir),
                 f"{meta['parameter_count']:,}", len(sha), plan.summary(), report["mask_row"], tokenizer_note)
     return written
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _time_note(cfg: ModelConfig, seed: int) -> str:

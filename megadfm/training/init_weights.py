@@ -47,16 +47,6 @@ def safetensors_files(folder: str) -> List[str]:
     raise WeightLoadError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} (is this a megadfm init folder or checkpoint?)")
 
 
-def iter_safetensors(folder: str) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Tensors one shard at a time, so a large model never needs several copies in memory."""
-    from safetensors import safe_open
-
-    for path in safetensors_files(folder):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
-
-
 def _param_shape(p: nn.Parameter) -> Tuple[int, ...]:
     return tuple(p.ds_shape) if hasattr(p, "ds_shape") else tuple(p.shape)
 
@@ -98,37 +88,11 @@ def load_into_model(model: nn.Module, tensors: Iterator[Tuple[str, torch.Tensor]
                 p.copy_(tensor.to(p.dtype))
 
 
-def safetensors_shapes(folder: str) -> Dict[str, Tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes = {}
-    for path in safetensors_files(folder):
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for key in f.keys():
-                shapes[key] = tuple(f.get_slice(key).get_shape())
-    return shapes
-
-
 # Fields that change the function the weights compute; the rest (kernels, dtype, checkpointing, chunk
 # size, attention mode) are run-time choices the training YAML may set freely.
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                        "num_key_value_heads", "resolved_head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
                        "attention_bias", "time_conditioning", "time_embedding_dim", "mask_token_id")
-
-
-def check_init_folder_config(folder: str, model_cfg) -> None:
-    """The training YAML's model section must describe the architecture the init folder was written for."""
-    import yaml
-
-    from megadfm.config_base import build
-    from megadfm.model.config import ModelConfig
-
-    path = os.path.join(folder, MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise WeightLoadError(f"{folder}: no {MODEL_CONFIG_FILE} (write init folders with tools/convert_hf_to_megadfm.py)")
-    with open(path) as f:
-        saved = build(ModelConfig, yaml.safe_load(f) or {}, "model", default_source=path)
-    check_architecture(saved, model_cfg, path)
 
 
 def check_architecture(saved, model_cfg, source: str) -> None:
@@ -139,10 +103,6 @@ def check_architecture(saved, model_cfg, source: str) -> None:
     if diffs:
         raise WeightLoadError(f"the model section of the config does not match the weights in {source}: " + "; ".join(diffs) +
                               ". Copy the weights' model config into your YAML.")
-
-
-def load_init_folder(model: nn.Module, folder: str) -> None:
-    load_into_model(model, iter_safetensors(folder), folder, safetensors_shapes(folder))
 
 
 def consolidated_state_dict(checkpoint_dir: str, tag: Optional[str] = None, prefix: str = "model.") -> Dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ from megadfm.conversion.export import export_to_hf
 from megadfm.conversion.hf_import import convert_hf_to_megadfm
 from megadfm.conversion.metadata import METADATA_FILE, verify
 from megadfm.model import ModelConfig, Qwen3DFM
-from megadfm.training.init_weights import INDEX_FILE, load_init_folder
+from megadfm.conversion.checkpoint_source import open_source
+from megadfm.training.init_weights import INDEX_FILE, load_into_model
 from tests.conversion.helpers import QWEN_MASK, save_hf_folder, tiny_hf_model, tool
 
 
@@ -23,7 +24,8 @@ def load_init(folder, **overrides):
     with open(os.path.join(folder, "megadfm_model.yaml")) as f:
         cfg = build(ModelConfig, dict(yaml.safe_load(f), kernels="torch", **overrides))
     model = Qwen3DFM(cfg, seed=7).eval()
-    load_init_folder(model, folder)  # the trainer's own loader (strict)
+    source = open_source(folder)  # what training.init_from reads (strict)
+    load_into_model(model, source.iter_tensors(), source.path, {n: tuple(sp.shape) for n, sp in source.specs.items()})
     return model
 
 
