@@ -22,7 +22,7 @@ from megadfm.data.config import BlendSource, DataConfig
 from megadfm.dfm.config import DFMConfig
 from megadfm.model.config import ModelConfig
 from megadfm.training.config import CheckpointConfig, TrainingConfig
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.config import TelemetryConfig
 
 __all__ = [
     "BlendSource", "CheckpointConfig", "ConfigError", "DataConfig", "DFMConfig", "MegaDFMConfig", "ModelConfig",

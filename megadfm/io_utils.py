@@ -1,7 +1,11 @@
-"""Writing files so that a reader never sees half of one: temporary name in the same folder, fsync, rename."""
+"""Files on disk: atomic writes (a reader never sees half of one), durable trees, content hashes.
+
+Atomic write: temporary name in the same folder, fsync, rename, fsync the folder.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -21,12 +25,43 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself is durable too
-    finally:
-        os.close(dir_fd)
+    fsync_path(directory)  # the rename itself is durable too
 
 
 def write_text_atomic(path: str, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (a directory's fsync makes the renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file, then every directory bottom-up, so the data is on disk before it is published."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fsync_path(os.path.join(dirpath, name))
+        fsync_path(dirpath)
+
+
+def dir_size(path: str) -> int:
+    """Bytes of every file below ``path``."""
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            total += os.path.getsize(os.path.join(dirpath, name))
+    return total
+
+
+def sha256_file(path: str, chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (model shards are GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -6,11 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from megadfm.config_base import doc, require
-
-QWEN3_VOCAB_SIZE = 151936
-"""Rows of Qwen3's embedding and LM head (the tokenizer's 151,669 entries padded)."""
-MASK_TOKEN_ID = 151669
-"""`<|mask|>`: the first id after the Qwen3 tokenizer's 151,669 entries (DESIGN.md §3)."""
+from megadfm.tokens import MASK_TOKEN_ID, QWEN3_VOCAB_SIZE  # noqa: F401  (re-exported: the model's defaults)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
 from megadfm.training.optim import build_optimizer
 from megadfm.training.grad_norms import compute_grad_norms
-from megadfm.training.telemetry import Telemetry
+from megadfm.training.telemetry.legacy import Telemetry
 from megadfm.training.train_module import DFMTrainingModule, as_loss_output
 from megadfm.training.training_data import TrainingData
 

@@ -15,8 +15,8 @@ import zlib
 import pytest
 
 from megadfm.training.dashboard_html import PNG_CHARTS, load_run
-from megadfm.training.telemetry_config import TelemetryConfig
-from megadfm.training.telemetry_sinks import JsonlSink
+from megadfm.training.telemetry.config import TelemetryConfig
+from megadfm.training.telemetry.sinks import JsonlSink
 from tests.conftest import REPO
 from tests.training.test_telemetry_e2e import run_tiny_training
 

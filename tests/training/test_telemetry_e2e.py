@@ -27,8 +27,8 @@ from megadfm.dfm.time_sampling import sample_times, step_seed
 from megadfm.model.config import ModelConfig
 from megadfm.model.qwen3_dfm import Qwen3DFM
 from megadfm.training.grad_norms import compute_grad_norms
-from megadfm.training.telemetry import Telemetry
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.config import TelemetryConfig
 from tests.conftest import REPO
 
 VOCAB, MASK, PAD, SEQ_LEN, MICRO_BATCH, ACCUM = 512, 500, 0, 32, 8, 2
@@ -218,8 +218,8 @@ def test_sinks_wandb_offline_tensorboard_reason_and_no_wandb_import_when_disable
     script = f"""
 import json, logging, os, sys, torch
 logging.basicConfig(level=logging.INFO)
-from megadfm.training.telemetry import Telemetry
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.config import TelemetryConfig
 from tests.training.test_telemetry_reduction import micro_batch
 run = sys.argv[1]
 with Telemetry(TelemetryConfig(wandb="disabled", tensorboard=True), os.path.join(run, "off"), log_interval=1) as tel:

@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from megadfm.training.telemetry import Telemetry
-from megadfm.training.telemetry_buckets import Buckets, make_bucket_edges, summarize
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.buckets import Buckets, make_bucket_edges, summarize
+from megadfm.training.telemetry.config import TelemetryConfig
 from tests.training.dist_helpers import run_distributed
 
 VOLATILE = ("time", "perf/window_seconds")
@@ -101,7 +101,7 @@ def test_weighting_variance_explained():
     """All sequences with the same CE: the spread of w*CE is entirely the weights'. Same w: none of it is."""
     buckets = Buckets([i / 10 for i in range(11)])
     vec = buckets.zeros("cpu")
-    from megadfm.training.telemetry_buckets import per_sequence_rows
+    from megadfm.training.telemetry.buckets import per_sequence_rows
 
     def fill(w, ce):
         v = buckets.zeros("cpu")

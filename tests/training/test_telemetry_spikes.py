@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from megadfm.training.grad_norms import GradNorms
-from megadfm.training.spike_detector import SpikeDetector
-from megadfm.training.telemetry import Telemetry
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.spikes import SpikeDetector
+from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.config import TelemetryConfig
 
 
 def noisy_series(n: int, seed: int, decay: float = 1.5):

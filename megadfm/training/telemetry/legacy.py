@@ -44,10 +44,10 @@ import torch
 import torch.distributed as dist
 
 from megadfm.training.grad_norms import GROUPS, GradNorms
-from megadfm.training.spike_detector import SpikeDetector, classify
-from megadfm.training.telemetry_buckets import COL, Buckets, per_sequence_rows, summarize
-from megadfm.training.telemetry_config import TelemetryConfig
-from megadfm.training.telemetry_sinks import JsonlSink, json_safe, make_metric_sinks, write_json_atomic
+from megadfm.training.telemetry.spikes import SpikeDetector, classify
+from megadfm.training.telemetry.buckets import COL, Buckets, per_sequence_rows, summarize
+from megadfm.training.telemetry.config import TelemetryConfig
+from megadfm.training.telemetry.sinks import JsonlSink, json_safe, make_metric_sinks, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from megadfm.training.telemetry_config import TelemetryConfig
+from megadfm.training.telemetry.config import TelemetryConfig
 
 # Per-bucket sums. y = weighted loss per masked token of one sequence (w * CE), c = its unweighted CE per
 # masked token; the y/c/w columns count only sequences with >= 1 masked token and finite sums ("scored").
