@@ -14,6 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["megadfm", "megadfm.*"]),
+    # The dashboard inlines these into every page it renders; they are read through importlib.resources.
+    package_data={"megadfm.report": ["static/*"]},
     install_requires=[
         "torch==2.13.0",
         "transformers>=5.0",

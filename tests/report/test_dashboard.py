@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from megadfm.training.dashboard_html import PNG_CHARTS, load_run
+from megadfm.report import PNG_CHARTS, STATIC_FILES, load_run, static_text
 from megadfm.training.telemetry.config import TelemetryConfig
 from megadfm.training.telemetry.sinks import JsonlSink
 from tests.conftest import REPO
@@ -121,6 +121,12 @@ def test_html_is_self_contained_and_labels_buckets(run_dir, tmp_path):
     for pattern in EXTERNAL:
         assert not pattern.search(page), f"external reference {pattern.pattern!r} in the report"
     assert page.count("<script") == 2 and '<script type="application/json" id="run-data">' in page
+    # the static script and style sheet are inlined whole, not referenced
+    assert "function exportPngs(done)" in page and static_text("dashboard.js") in page and static_text("dashboard.css") in page
+    assert not re.search(r"<script\b[^>]*\bsrc\s*=|<link\b", page, re.I)
+    for name in STATIC_FILES:
+        for pattern in EXTERNAL:
+            assert not pattern.search(static_text(name)), f"external reference {pattern.pattern!r} in static/{name}"
     data = json.loads(re.search(r'id="run-data">(.*?)</script>', page, re.S).group(1))
     assert data["meta"]["buckets"][0]["label"].startswith("r∈[0, 0.00464) t∈(0.99536, 1]")
     assert data["train"]["steps"][-1] == 30 and data["spikes"][0]["step"] == 24
