@@ -27,7 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """``callbacks``: extra megadfm.training.callbacks.Callback objects for this run (a wrapper script's
+    way to add behaviour, e.g. the test suite's fault injection)."""
     args = parse_args(argv)
     if args.help_config:
         print(describe(MegaDFMConfig))
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
         return 0
     from megadfm.training.run import run_training
 
-    return run_training(cfg, args)
+    return run_training(cfg, args, callbacks=callbacks)
 
 
 if __name__ == "__main__":

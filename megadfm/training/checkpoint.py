@@ -1,17 +1,11 @@
-"""Crash-safe checkpoints around DeepSpeed's own save/load.
-
-Layout of ``RUN_DIR/checkpoints``::
-
-    step_00000100/            a complete checkpoint: DeepSpeed files + megadfm_meta.json + config.yaml + rng_rank*.pt
-    step_00000200/
-    .incomplete-step_00000300/   a save in progress (or one that crashed): never loaded, removed by the next save
-    latest                    the tag of the newest complete checkpoint (DeepSpeed's format, so its tools work)
+"""Crash-safe checkpoints around DeepSpeed's own save/load (the layout: megadfm/checkpoints/layout.py).
 
 A save writes everything into ``.incomplete-<tag>``, fsyncs every file, renames the directory to
 ``<tag>`` (atomic on one filesystem) and only then rewrites ``latest`` (temporary name + rename).
-A crash or full disk at any point leaves the previous checkpoint as "latest". Retention deletes old
-checkpoints only after the new one is published. Before a save, the free space is compared with the
-size of the previous checkpoint: the save is refused cleanly (all ranks agree) if it would not fit.
+A crash or full disk at any point leaves the previous checkpoint as the newest complete one.
+Retention deletes old checkpoints only after the new one is published. Before a save, the free
+space is compared with the size of the previous checkpoint: the save is refused cleanly (all ranks
+agree) if it would not fit.
 """
 
 from __future__ import annotations
@@ -20,56 +14,23 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megadfm.io_utils import write_bytes_atomic
+from megadfm.checkpoints.layout import (INCOMPLETE_PREFIX, LATEST_FILE, META_FILE, UNIVERSAL_SUFFIX, complete_steps,
+                                        incomplete_dirs, resolve_step, tag_for_step)
+from megadfm.io_utils import dir_size, fsync_path, fsync_tree, write_bytes_atomic
 from megadfm.training.config import CheckpointConfig
 
 logger = logging.getLogger(__name__)
-
-TAG_RE = re.compile(r"^step_(\d{8})$")
-INCOMPLETE_PREFIX = ".incomplete-"
-META_FILE = "megadfm_meta.json"
-LATEST_FILE = "latest"
-UNIVERSAL_SUFFIX = "_universal"
-
-
-def tag_for_step(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: str) -> None:
-    """fsync every file, then every directory bottom-up, so the data is on disk before publishing."""
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            _fsync_path(os.path.join(dirpath, name))
-        _fsync_path(dirpath)
-
-
-def dir_size(path: str) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            total += os.path.getsize(os.path.join(dirpath, name))
-    return total
 
 
 def rng_state() -> Dict[str, Any]:
@@ -139,42 +100,17 @@ class CheckpointManager:
             os.makedirs(root, exist_ok=True)
         _barrier()
 
-    # -- discovery -----------------------------------------------------------------------------
+    # -- discovery (the one rule lives in the layout module) ---------------------------------------
     def complete_checkpoints(self) -> List[int]:
-        """Steps of complete checkpoints (published directories with their meta file), oldest first."""
-        if not os.path.isdir(self.root):
-            return []
-        steps = []
-        for name in os.listdir(self.root):
-            m = TAG_RE.match(name)
-            if m and os.path.isfile(os.path.join(self.root, name, META_FILE)):
-                steps.append(int(m.group(1)))
-        return sorted(steps)
+        """Steps of complete checkpoints, oldest first."""
+        return complete_steps(self.root)
 
     def incomplete_checkpoints(self) -> List[str]:
-        if not os.path.isdir(self.root):
-            return []
-        return sorted(n for n in os.listdir(self.root) if n.startswith(INCOMPLETE_PREFIX))
+        return incomplete_dirs(self.root)
 
     def latest_step(self) -> Optional[int]:
-        """The newest complete checkpoint. Incomplete ones are ignored, and the log says so."""
-        for name in self.incomplete_checkpoints():
-            if self.rank == 0:
-                logger.warning("ignoring incomplete checkpoint %s (a save was interrupted)", os.path.join(self.root, name))
-        steps = self.complete_checkpoints()
-        latest_path = os.path.join(self.root, LATEST_FILE)
-        if os.path.isfile(latest_path):
-            with open(latest_path) as f:
-                tag = f.read().strip()
-            m = TAG_RE.match(tag)
-            if m and int(m.group(1)) in steps:
-                if steps and int(m.group(1)) != steps[-1] and self.rank == 0:
-                    logger.warning("'latest' names %s but %s is newer and complete; resuming from the newer one",
-                                   tag, tag_for_step(steps[-1]))
-                return steps[-1] if steps else None
-            if self.rank == 0:
-                logger.warning("'latest' names %r, which is not a complete checkpoint; using the newest complete one", tag)
-        return steps[-1] if steps else None
+        """The checkpoint a resume uses: the newest complete one (disagreements of ``latest`` are logged)."""
+        return resolve_step(self.root, warn=self.rank == 0)
 
     # -- saving --------------------------------------------------------------------------------
     def _estimate_bytes(self) -> Optional[int]:
@@ -199,8 +135,12 @@ class CheckpointManager:
         return True
 
     def save(self, engine, step: int, client_state: Dict[str, Any], meta: Dict[str, Any],
-             extra_files: Optional[Dict[str, str]] = None) -> Optional[str]:
-        """Save on every rank; returns the published path, or None when the save was refused."""
+             extra_files: Optional[Dict[str, str]] = None,
+             before_publish: Optional[Callable[[str], None]] = None) -> Optional[str]:
+        """Save on every rank; returns the published path, or None when the save was refused.
+
+        ``before_publish(directory)`` runs on every rank once the DeepSpeed files and RNG states are
+        written and before anything is published (callbacks' ``pre_checkpoint_publish``)."""
         tag = tag_for_step(step)
         tmp_tag = INCOMPLETE_PREFIX + tag
         tmp_dir = os.path.join(self.root, tmp_tag)
@@ -216,12 +156,8 @@ class CheckpointManager:
         engine.save_checkpoint(self.root, tag=tmp_tag, client_state=client_state, save_latest=False)
         torch.save(rng_state(), os.path.join(tmp_dir, f"rng_rank{self.rank}.pt"))
         _barrier()
-        delay = float(os.environ.get("MEGADFM_TEST_SAVE_DELAY_S", "0"))  # test hook: widen the window for a real SIGKILL
-        if delay:
-            time.sleep(delay)
-        fail_at = os.environ.get("MEGADFM_TEST_FAIL_SAVE_AT_STEP")  # test hook: a save that fails after writing its files
-        if fail_at is not None and int(fail_at) == step:
-            raise OSError(f"MEGADFM_TEST_FAIL_SAVE_AT_STEP={fail_at}: simulated write failure while saving {tmp_dir}")
+        if before_publish is not None:
+            before_publish(tmp_dir)
         if self.rank == 0:
             full_meta = dict(meta, step=step, world_size=self.world_size, saved_at=time.time(), tag=tag)
             with open(os.path.join(tmp_dir, META_FILE), "w") as f:
@@ -232,7 +168,7 @@ class CheckpointManager:
             fsync_tree(tmp_dir)
             final_dir = os.path.join(self.root, tag)
             os.rename(tmp_dir, final_dir)
-            _fsync_path(self.root)
+            fsync_path(self.root)
             write_bytes_atomic(os.path.join(self.root, LATEST_FILE), tag.encode())
             self.last_save_bytes = dir_size(final_dir)
             logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final_dir, self.last_save_bytes / 1e6, time.time() - start)

@@ -39,6 +39,9 @@ class TrainingConfig:
     log_interval: int = doc(10, "Optimizer steps between log lines / telemetry flushes.")
     eval_interval: int = doc(100, "Optimizer steps between validation passes (0 disables).")
     eval_batches: int = doc(4, "Batches per validation pass.")
+    step_log: bool = doc(True, "Write RUN_DIR/telemetry/train_steps.jsonl: one line per optimizer step with the exact loss, lr, grad norm "
+                         "and a hash of the global batch's sample indices (what exact-resume checks compare; costs one small "
+                         "all_gather per step).")
     nonfinite_policy: Literal["stop", "skip"] = doc("stop", "On NaN/Inf loss or grad norm: save the last good state and stop, or skip the step.")
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 from megadfm.config import MegaDFMConfig
 from megadfm.training.distributed import init_distributed
@@ -23,12 +23,13 @@ def setup_logging(rank: int) -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated.*", category=FutureWarning)
 
 
-def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None) -> int:
+def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None, callbacks: Sequence = ()) -> int:
+    """Train ``cfg``; ``callbacks`` (megadfm.training.callbacks.Callback) run after the built-in ones."""
     rank, _, _ = init_distributed()
     setup_logging(rank)
     from megadfm.training.trainer import Trainer  # heavy imports after logging is set up
 
-    trainer = Trainer(cfg, rank, _world_size())
+    trainer = Trainer(cfg, rank, _world_size(), callbacks=callbacks)
     try:
         return trainer.train()
     finally:

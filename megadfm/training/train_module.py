@@ -37,7 +37,7 @@ class DFMTrainingModule(nn.Module):
     def forward(self, batch: Dict[str, torch.Tensor], t: torch.Tensor, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         """A plain dict of tensors (not the dataclass): DeepSpeed attaches its ZeRO-3 backward hooks
         only to tensors inside tuples, lists and dicts, and the hook is what re-gathers the tied head
-        weight for the loss's backward. :func:`as_loss_output` turns it back into a DFMLossOutput."""
+        weight for the loss's backward. :meth:`Trainer.forward` turns it back into a DFMLossOutput."""
         out = dfm_loss(self.model, batch, t, self.dfm_cfg, self.scheduler, generator, pad_token_id=self.pad_token_id)
         return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
 
@@ -45,6 +45,3 @@ class DFMTrainingModule(nn.Module):
         """Group of a wrapper parameter name ('model.layers.0...' -> the model's grouping)."""
         return self.model.parameter_group(name[len("model."):] if name.startswith("model.") else name)
 
-
-def as_loss_output(out: Dict[str, torch.Tensor]) -> DFMLossOutput:
-    return DFMLossOutput(**out)

@@ -46,9 +46,15 @@ def write_config(path: str, cfg: Dict) -> str:
     return path
 
 
-def launch_command(config_path: str, nproc: int, launcher: str, overrides: Sequence[str] = ()) -> List[str]:
-    script = os.path.join(REPO, "pretrain_dfm.py")
-    sets = [a for o in overrides for a in ("--set", o)]
+FAULT_SCRIPT = os.path.join(REPO, "tests", "training", "fault_injection.py")
+
+
+def launch_command(config_path: str, nproc: int, launcher: str, overrides: Sequence[str] = (),
+                   faults: Optional[Dict[str, int]] = None) -> List[str]:
+    """``faults`` ({"nan_loss_at_step": 3}) runs tests/training/fault_injection.py instead of pretrain_dfm.py."""
+    script = FAULT_SCRIPT if faults else os.path.join(REPO, "pretrain_dfm.py")
+    sets = [a for name, value in (faults or {}).items() for a in ("--fault", f"{name}={value}")]
+    sets += [a for o in overrides for a in ("--set", o)]
     if launcher == "deepspeed":
         return [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_accelerators", str(nproc),
                 "--master_port", str(free_port()), script, "--config", config_path, *sets]
@@ -60,11 +66,12 @@ def launch_command(config_path: str, nproc: int, launcher: str, overrides: Seque
 
 
 def run(config_path: str, nproc: int = 2, launcher: str = "deepspeed", overrides: Sequence[str] = (),
-        env: Optional[Dict[str, str]] = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        env: Optional[Dict[str, str]] = None, timeout: float = 600,
+        faults: Optional[Dict[str, int]] = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **TEST_ENV, **(env or {}))
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(var, None)
-    return subprocess.run(launch_command(config_path, nproc, launcher, overrides), cwd=REPO, env=full_env,
+    return subprocess.run(launch_command(config_path, nproc, launcher, overrides, faults), cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -105,7 +105,7 @@ def test_failed_save_keeps_previous_latest_and_retention(tmp_path, stdlib_prefix
     cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 7},
                       checkpoint={"save_interval": 1, "keep_last": 2, "keep_every": 3})
     path = write_config(str(tmp_path / "c.yaml"), cfg)
-    crashed = run(path, nproc=2, env={"MEGADFM_TEST_FAIL_SAVE_AT_STEP": "5"})
+    crashed = run(path, nproc=2, faults={"fail_save_at_step": 5})
     assert crashed.returncode != 0
     assert "simulated write failure" in crashed.stdout + crashed.stderr
     assert latest_tag(run_dir) == "step_00000004"
@@ -156,7 +156,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path, stdlib_prefix,
     run_dir = str(tmp_path / "run")
     cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 6}, checkpoint={"save_interval": 0})
     proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=1, launcher="python",
-               env={"MEGADFM_TEST_NAN_AT_STEP": "3"})
+               faults={"nan_loss_at_step": 3})
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 3: loss nan" in proc.stdout and "is not finite" in proc.stdout
     assert complete_steps(run_dir) == [2]  # the last good state, loadable
@@ -170,7 +170,7 @@ def test_nonfinite_loss_skip_leaves_weights_unchanged(tmp_path, stdlib_prefix, t
     cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, training={"train_steps": 5, "nonfinite_policy": "skip"},
                       checkpoint={"save_interval": 1, "keep_last": 10})
     proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=1, launcher="python",
-               env={"MEGADFM_TEST_NAN_AT_STEP": "3"})
+               faults={"nan_loss_at_step": 3})
     assert_ok(proc)
     recs = step_records(run_dir)
     assert recs[3]["skipped"] is True and all(not recs[s]["skipped"] for s in (1, 2, 4, 5))

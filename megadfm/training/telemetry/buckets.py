@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -212,6 +212,3 @@ def summarize(vec: torch.Tensor, buckets: Buckets, prefix: str) -> Dict[str, Opt
         out[f"{b}/mean_mask_ratio"] = _div(row[C["mask_ratio_sum"]], seqs)
     return out
 
-
-def bucket_keys(buckets: Buckets, prefix: str, metrics: Sequence[str]) -> List[str]:
-    return [f"{prefix}/{buckets.name(i)}/{m}" for i in range(len(buckets)) for m in metrics]

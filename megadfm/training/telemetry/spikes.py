@@ -18,7 +18,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Iterable, Literal, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+
+from megadfm.training.telemetry.buckets import Buckets
+from megadfm.training.telemetry.config import TelemetryConfig
 
 MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 
@@ -179,3 +182,104 @@ def classify(verdicts: Dict[str, Verdict], bucket_names: Sequence[str], small_ra
     ce_fired = any(k.endswith("/ce") for k in fired)
     weighting = not nonfinite and not ce_fired and bool(involved) and all(i in small for i in involved)
     return SpikeVerdict(True, "weighting" if weighting else "instability", fired, tuple(involved))
+
+
+@dataclass(frozen=True)
+class SpikeDecision:
+    """What the monitor says about one step. ``action``: none | log | skip_step | stop."""
+
+    action: str = "none"
+    label: Optional[str] = None      # "weighting" | "instability" when a spike was found
+    step: Optional[int] = None
+
+    @property
+    def is_spike(self) -> bool:
+        return self.action != "none"
+
+    @property
+    def skip(self) -> bool:
+        return self.action == "skip_step"
+
+    @property
+    def stop(self) -> bool:
+        return self.action == "stop"
+
+
+NO_SPIKE = SpikeDecision()
+
+_JUDGED = ("loss", "ce", "contribution")
+_EVENT_BUCKET_METRICS = ("loss", "ce", "contribution", "sequences", "masked_tokens", "mean_weight")
+
+
+@dataclass
+class SpikeJudgement:
+    decision: SpikeDecision
+    verdict: SpikeVerdict
+    verdicts: Dict[str, Verdict]
+
+
+class SpikeMonitor:
+    """The detector plus every rule about what counts: which series are judged, the too-few-masked-tokens
+    rule for a bucket's own series, the weighting-vs-instability label and the configured action."""
+
+    def __init__(self, cfg: TelemetryConfig, buckets: Buckets):
+        self.cfg = cfg
+        self.buckets = buckets
+        self.detector = SpikeDetector(cfg.spike_window, cfg.spike_threshold, cfg.spike_warmup, cfg.spike_method,
+                                      cfg.spike_min_relative_scale)
+        self.small_ratio_buckets = [i for i in range(len(buckets)) if buckets.is_small_ratio(i, cfg.spike_small_mask_ratio)]
+
+    def judge(self, summary: Dict[str, Optional[float]], step: int) -> SpikeJudgement:
+        """Score one observation (a ``summarize`` of reduced sums) and decide."""
+        values = {"train/loss": summary["train/loss"], "train/ce": summary["train/ce"]}
+        for name in self.buckets.names:
+            for m in _JUDGED:
+                values[f"train/{name}/{m}"] = summary[f"train/{name}/{m}"]
+        verdicts = self.detector.observe(values)
+        for name in self.buckets.names:
+            # a mean over a handful of masked tokens (typical of small-r buckets) is too noisy to call a spike
+            if summary[f"train/{name}/masked_tokens"] < self.cfg.spike_min_bucket_tokens:
+                for m in ("loss", "ce"):
+                    v = verdicts.get(f"train/{name}/{m}")
+                    if v is not None and v.fired and v.reason == "zscore":
+                        v.fired, v.reason = False, "too few masked tokens to judge"
+        verdict = classify(verdicts, self.buckets.names, self.small_ratio_buckets, "train")
+        if not verdict.is_spike:
+            return SpikeJudgement(NO_SPIKE, verdict, verdicts)
+        acts = verdict.label == "instability" or self.cfg.spike_act_on_weighting
+        decision = SpikeDecision(self.cfg.spike_action if acts else "log", verdict.label, step)
+        return SpikeJudgement(decision, verdict, verdicts)
+
+    def event(self, judgement: SpikeJudgement, summary: Dict[str, Optional[float]], sequences: List[dict],
+              replay: List[dict], now: float) -> Dict[str, Any]:
+        """The spikes.jsonl record: what fired, the expected ranges, the buckets involved, every sequence."""
+        verdicts, verdict, decision = judgement.verdicts, judgement.verdict, judgement.decision
+
+        def expected(key: str):
+            v = verdicts.get(key)
+            return None if v is None else [v.low, v.high]
+
+        b = self.buckets
+        return {
+            "step": decision.step, "time": now, "label": verdict.label, "action": decision.action,
+            "detection": self.cfg.spike_detection,
+            "loss": summary["train/loss"], "loss_expected": expected("train/loss"),
+            "ce": summary["train/ce"], "ce_expected": expected("train/ce"),
+            "weighting_var_explained": summary["train/weighting_var_explained"],
+            "fired": [verdicts[k].as_dict() for k in verdict.fired],
+            "buckets": [{
+                "index": i, "name": b.name(i), "label": b.label(i), "mask_ratio": b.mask_ratio_range(i), "t": b.t_range(i),
+                "small_ratio": i in self.small_ratio_buckets,
+                **{m: summary[f"train/{b.name(i)}/{m}"] for m in _EVENT_BUCKET_METRICS},
+                **{f"{m}_expected": expected(f"train/{b.name(i)}/{m}") for m in _JUDGED},
+            } for i in verdict.buckets],
+            "sequences": sequences,
+            "replay": replay,
+        }
+
+    def describe(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        return {"detection": cfg.spike_detection, "method": cfg.spike_method, "window": cfg.spike_window,
+                "min_bucket_tokens": cfg.spike_min_bucket_tokens, "threshold": cfg.spike_threshold, "warmup": cfg.spike_warmup,
+                "action": cfg.spike_action, "act_on_weighting": cfg.spike_act_on_weighting,
+                "small_mask_ratio": cfg.spike_small_mask_ratio}

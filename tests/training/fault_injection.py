@@ -1,0 +1,64 @@
+"""pretrain_dfm.py with fault-injection callbacks, for engine tests (production code reads no such hook).
+
+    deepspeed --num_accelerators 2 tests/training/fault_injection.py --fault nan_loss_at_step=3 --config c.yaml
+
+Faults that cannot be provoked reliably for real: a non-finite loss on demand, and a save that fails
+after every file was written (as a full disk or an I/O error would).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from megadfm.training.callbacks import Callback  # noqa: E402
+
+
+class NaNLossAtStep(Callback):
+    """Multiply the loss of every micro-batch of one step by NaN (gradients become NaN too)."""
+
+    def __init__(self, step: str):
+        self.step = int(step)
+
+    def post_forward(self, trainer, micro) -> None:
+        if micro.step == self.step:
+            micro.out.loss = micro.out.loss * float("nan")
+
+
+class FailSaveAtStep(Callback):
+    """Raise while saving one step, after its files are written and before it is published."""
+
+    def __init__(self, step: str):
+        self.step = int(step)
+
+    def pre_checkpoint_publish(self, trainer, step: int, directory: str) -> None:
+        if step == self.step:
+            raise OSError(f"injected fault: simulated write failure while saving {directory}")
+
+
+FAULTS = {"nan_loss_at_step": NaNLossAtStep, "fail_save_at_step": FailSaveAtStep}
+
+
+def split_faults(argv):
+    callbacks, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--fault":
+            name, _, value = argv[i + 1].partition("=")
+            if name not in FAULTS:
+                raise SystemExit(f"fault_injection.py: unknown --fault {name!r}; known: {', '.join(FAULTS)}")
+            callbacks.append(FAULTS[name](value))
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return callbacks, rest
+
+
+if __name__ == "__main__":
+    import pretrain_dfm
+
+    faults, args = split_faults(sys.argv[1:])
+    sys.exit(pretrain_dfm.main(args, callbacks=faults))
