@@ -6,6 +6,12 @@ docstring (shown by ``pretrain_dfm.py --help-config``). :func:`build` turns a pl
 YAML plus ``--set`` overrides) into a dataclass, checking unknown keys and types, and rewrites
 every error so it names the key, the file (or the ``--set`` flag) it came from and what is
 expected.
+
+A field whose allowed values come from a :class:`megadfm.registry.Registry` declares
+``doc(default, help, choices=REGISTRY)`` (or a tuple of registries, whose keys together are
+allowed) and is annotated ``str``. The section's ``__post_init__`` calls :func:`check_choices`,
+so a bad value fails at construction, from YAML or from Python alike; :func:`describe` lists the
+registered keys.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from megadfm.registry import Registry
+
+Choices = Union[Registry, Sequence[Registry]]
 
 
 class ConfigError(ValueError):
@@ -32,13 +42,41 @@ class ConfigError(ValueError):
         return ConfigError(key, self.message, self.source or source)
 
 
-def doc(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a docstring. ``factory`` builds mutable defaults."""
+def doc(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
+        choices: Optional[Choices] = None, tags: Sequence[str] = ()) -> Any:
+    """A dataclass field with a docstring. ``factory`` builds mutable defaults; ``choices`` is the
+    registry (or registries) whose keys are the field's allowed values (checked by :func:`check_choices`)."""
     if not help:
         raise TypeError("every config field needs a help string")
+    metadata = {"doc": help} if choices is None else {"doc": help, "choices": choices}
+    if tags:  # marks that code derives field lists from (fields_tagged), e.g. ModelConfig's "architecture"
+        metadata["tags"] = tuple(tags)
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"doc": help})
-    return dataclasses.field(default=default, metadata={"doc": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def choice_keys(choices: Choices) -> List[str]:
+    """Allowed values of a ``choices`` field: the keys of its registry, or of its registries in order."""
+    registries = [choices] if isinstance(choices, Registry) else list(choices)
+    return [key for registry in registries for key in registry.keys()]
+
+
+def check_choices(obj: Any) -> None:
+    """Raise a ConfigError for the first field of dataclass ``obj`` whose value is not one of its ``choices``."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices is None:
+            continue
+        allowed = choice_keys(choices)
+        value = getattr(obj, f.name)
+        if value not in allowed:
+            raise ConfigError(f.name, f"unknown value {value!r}; allowed values: {', '.join(allowed)}")
+
+
+def fields_tagged(cls: type, tag: str) -> tuple:
+    """Names of the fields of dataclass ``cls`` declared with ``doc(..., tags=(tag, ...))``, in field order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if tag in f.metadata.get("tags", ()))
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -198,5 +236,7 @@ def describe(cls: type, prefix: str = "") -> str:
             default = repr(to_dict(f.default_factory()))  # type: ignore[misc]
         else:
             default = "(required)"
-        lines.append(f"{key} = {default}  [{_type_name(tp)}]\n    {f.metadata.get('doc', '')}")
+        choices = f.metadata.get("choices")
+        kind = _type_name(tp) if choices is None else "one of " + ", ".join(repr(k) for k in choice_keys(choices))
+        lines.append(f"{key} = {default}  [{kind}]\n    {f.metadata.get('doc', '')}")
     return "\n".join(lines)

@@ -28,6 +28,8 @@ from megadfm.data.tokenizer import load_tokenizer  # noqa: E402
 from megadfm.dfm.model_loading import load_model_dir  # noqa: E402
 from megadfm.dfm.sampler import generate  # noqa: E402
 from megadfm.dfm.sampler_config import SamplerConfig  # noqa: E402
+from megadfm.dfm.sampling import SAMPLER_METHODS  # noqa: E402
+from megadfm.tokens import ENDOFTEXT_TOKEN_ID  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--suffix", action="append", default=None,
                    help="Infill: text after the generated middle; once for all prompts or once per prompt.")
     p.add_argument("--max-new-tokens", type=int, default=64, help="Tokens to generate per prompt (the middle, for infill).")
-    p.add_argument("--method", choices=["euler", "confidence"], default="euler", help="Sampler (see megadfm/dfm/sampler.py).")
+    p.add_argument("--method", choices=SAMPLER_METHODS.keys(), default="euler", help="Sampler method (megadfm/dfm/sampling/).")
     p.add_argument("--steps", type=int, default=32, help="Solver steps from t = 0 to 1.")
     p.add_argument("--time-grid", choices=["uniform", "scheduler"], default="uniform", help="Time grid of the steps.")
     p.add_argument("--confidence", choices=["probability", "margin", "entropy"], default="probability",
@@ -48,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
     p.add_argument("--top-k", type=int, default=0, help="Top-k filter (0 = off).")
     p.add_argument("--top-p", type=float, default=1.0, help="Nucleus filter (1 = off).")
-    p.add_argument("--eos-token-id", type=int, default=151643, help="Stop before this token (<|endoftext|> by default).")
+    p.add_argument("--eos-token-id", type=int, default=ENDOFTEXT_TOKEN_ID, help="Stop before this token (<|endoftext|> by default).")
     p.add_argument("--no-stop-at-eos", action="store_true", help="Return all max-new-tokens tokens, EOS included.")
     p.add_argument("--seed", type=int, default=0, help="Sampler seed.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")

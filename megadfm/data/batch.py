@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from megadfm.tokens import PAD_TOKEN_ID
+
 
 def segments_to_cu_seqlens(segment_lengths: Sequence[Sequence[int]], seq_len: int) -> torch.Tensor:
     """Per-sample segment lengths (each summing to seq_len) -> flattened int32 cu_seqlens."""
@@ -38,7 +40,7 @@ def position_ids_from_segments(segment_lengths: Sequence[Sequence[int]]) -> torc
     return torch.stack(rows).long()
 
 
-def batch_from_documents(documents: Sequence[Sequence[int]], seq_len: Optional[int] = None, pad_token_id: int = 151643,
+def batch_from_documents(documents: Sequence[Sequence[int]], seq_len: Optional[int] = None, pad_token_id: int = PAD_TOKEN_ID,
                          sample_index: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """One document per row, right-padded to ``seq_len`` (default: the longest). For tests and sampling."""
     if not documents:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 from megadfm.config_base import doc, require
+from megadfm.tokens import ENDOFTEXT_TOKEN_ID, PAD_TOKEN_ID
 
 
 @dataclass
@@ -33,8 +34,8 @@ class DataConfig:
     on_exhausted: Literal["repeat", "error"] = doc(
         "repeat", "When a source is asked for more samples than one epoch holds: repeat epochs (logged) or raise.")
     cache_dir: Optional[str] = doc(None, "Where index arrays are cached; null means next to the first prefix under .megadfm_cache/.")
-    eod_token_id: int = doc(151643, "End-of-document token appended by preprocessing (<|endoftext|>).")
-    pad_token_id: int = doc(151643, "Token used to fill the tail of a sample; padding is never attended to nor in the loss.")
+    eod_token_id: int = doc(ENDOFTEXT_TOKEN_ID, "End-of-document token appended by preprocessing (<|endoftext|>).")
+    pad_token_id: int = doc(PAD_TOKEN_ID, "Token used to fill the tail of a sample; padding is never attended to nor in the loss.")
     num_workers: int = doc(0, "DataLoader worker processes per rank.")
 
     def __post_init__(self) -> None:

@@ -1,11 +1,18 @@
-"""Configuration of the discrete flow-matching objective (DESIGN.md §3 conventions)."""
+"""Configuration of the discrete flow-matching objective (docs/DESIGN.md §3 conventions).
+
+Imports only torch-free modules: the registries of weightings, normalisers and presets are read
+here for the allowed values, and ``megadfm.config`` imports this module.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from megadfm.config_base import doc, require
+from megadfm.config_base import check_choices, doc, require
+from megadfm.dfm.loss_presets import LOSS_PRESETS, PRESET_COMPATIBLE_NORMALIZER
+from megadfm.dfm.normalizers import LOSS_NORMALIZERS
+from megadfm.dfm.weighting import LOSS_WEIGHTINGS
 
 
 @dataclass
@@ -22,11 +29,15 @@ class DFMConfig:
         "stratified", "Draw t per sequence uniformly, or stratified across the global batch (one sample per stratum of [0, 1) "
         "from a per-step seed shared by all ranks; lower variance).")
     mask_ratio_eps: float = doc(1e-3, "Mask ratios are restricted to [eps, 1] (weights 1/r explode near r = 0).")
-    loss_weighting: Literal["kl", "coda", "none"] = doc(
-        "kl", "kl: kappa'(t)/(1-kappa(t)) (1/r for linear); coda: CoDA's preset, weight 1/r and sum divided by B*L "
-        "(all positions, padding included); none: plain masked CE. Formulas: megadfm/dfm/README.md.")
-    loss_normalizer: Literal["tokens", "masked"] = doc("tokens", "tokens: divide the weighted sum by the batch's real tokens (B*L for packed batches; CoDA, LLaDA); "
-        "masked: by the number of scored (masked) tokens.")
+    loss_weighting: str = doc(
+        "kl", "w(t), a weighting of megadfm/dfm/weighting.py or a preset of megadfm/dfm/loss_presets.py (which also fixes "
+        "the normaliser). kl: kappa'(t)/(1-kappa(t)) (1/r for linear); inverse_mask_ratio: 1/r; none: plain masked CE; "
+        "coda: CoDA's preset, weight 1/r and sum divided by B*L (all positions, padding included). "
+        "Formulas: megadfm/dfm/README.md.", choices=(LOSS_WEIGHTINGS, LOSS_PRESETS))
+    loss_normalizer: str = doc(
+        "tokens", "What the weighted sum is divided by (megadfm/dfm/normalizers.py). tokens: the batch's real tokens "
+        "(B*L for packed batches; CoDA, LLaDA); masked: the number of scored (masked) tokens; all_positions: B*L, "
+        "padding included.", choices=LOSS_NORMALIZERS)
     shift_logits: bool = doc(True, "Output at position i predicts token i+1 within its document (reuses the AR head, as CoDA and Dream); "
         "the first token of each document is then never masked. One function applies it: megadfm/dfm/shift.py.")
     prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix of length uniform in [1, n-1] (n real tokens).")
@@ -36,11 +47,16 @@ class DFMConfig:
     block_mask_size: int = doc(8, "Length of a block for block masking.")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         require(self.scheduler_exponent > 0, "scheduler_exponent", f"must be positive, got {self.scheduler_exponent}")
         require(0 < self.mask_ratio_eps < 1, "mask_ratio_eps", f"must be in (0, 1), got {self.mask_ratio_eps}")
         for name in ("mixture_uniform_fraction", "prefix_mask_prob", "truncate_suffix_prob", "block_mask_prob"):
             v = getattr(self, name)
             require(0.0 <= v <= 1.0, name, f"is a probability and must be in [0, 1], got {v}")
         require(self.block_mask_size > 0, "block_mask_size", f"must be positive, got {self.block_mask_size}")
-        require(self.loss_weighting != "coda" or self.loss_normalizer == "tokens", "loss_normalizer",
-                "the coda preset divides by B*L as CoDA does; it requires loss_normalizer: tokens")
+        if self.loss_weighting in LOSS_PRESETS:
+            # The preset picks the normaliser; any other explicit choice would be silently ignored.
+            preset = LOSS_PRESETS.get(self.loss_weighting)
+            require(self.loss_normalizer in (PRESET_COMPATIBLE_NORMALIZER, preset.normalizer), "loss_normalizer",
+                    f"the {self.loss_weighting} preset divides by its own normaliser ({preset.normalizer}); "
+                    f"it requires loss_normalizer: {PRESET_COMPATIBLE_NORMALIZER} (or {preset.normalizer})")

@@ -1,4 +1,4 @@
-"""The DFM training objective (DESIGN.md §3 "Loss", FORMATS.md §4).
+"""The DFM training objective (docs/DESIGN.md §3 "Loss", docs/FORMATS.md §4).
 
     loss = sum_b w(t_b) * sum_{i scored in b} CE_i / normalizer
 
@@ -7,23 +7,24 @@ computed through ``model.token_losses`` on the gathered hidden states only: full
 [B*L, vocab] logits are never built here. The hidden state that predicts position i is chosen by
 :func:`megadfm.dfm.shift.gather_predictions` (the one place that knows the shift convention).
 
-``loss_weighting``:
+w(t) and the normalizer are registered functions selected by the config, not cases of this module:
 
-- ``kl`` (default): w = kappa'(t) / (1 - kappa(t)), the generalized-KL weight of a mask source
-  (1/r for the linear scheduler).
-- ``coda``: CoDA's preset, reproduced exactly: w = 1/sigma with sigma = the mask ratio r, and the
-  sum divided by B*L, *all* positions of the batch tensor (CoDA divides by
-  ``input_ids.shape[0] * input_ids.shape[1]`` whether or not some are padding)::
+- ``loss_weighting``: a weighting of megadfm/dfm/weighting.py (``kl``, the default,
+  kappa'(t) / (1 - kappa(t)); ``inverse_mask_ratio``, 1/r; ``none``, w = 1) or a preset of
+  megadfm/dfm/loss_presets.py that also fixes the normalizer.
+- ``loss_normalizer``: a normalizer of megadfm/dfm/normalizers.py (``tokens``, the default: the
+  real tokens of the batch as given, B*L for packed pre-training batches, CoDA truncation does not
+  change it, as in CoDA; ``masked``: the scored positions; ``all_positions``: B*L, padding included).
 
-      loss = sum_{b, i} CE(logits[b, i-1], x_1[b, i]) * masked[b, i] / sigma_b  /  (B * L)
+The ``coda`` preset is CoDA's objective, reproduced exactly: w = 1/sigma with sigma = the mask
+ratio r, and the sum divided by B*L, *all* positions of the batch tensor (CoDA divides by
+``input_ids.shape[0] * input_ids.shape[1]`` whether or not some are padding)::
 
-  which is this module's formula with w = 1/r, shift on, normalizer B*L. (CoDA also masks the
-  first token of a row but can never score it; megadfm never masks it, see shift.py.)
-- ``none``: w = 1 (plain masked cross-entropy).
+    loss = sum_{b, i} CE(logits[b, i-1], x_1[b, i]) * masked[b, i] / sigma_b  /  (B * L)
 
-``loss_normalizer``: ``tokens`` divides by the number of real tokens in the batch as given (B*L for
-packed pre-training batches; CoDA truncation does not change it, as in CoDA), ``masked`` by the
-number of scored positions. The preset ``coda`` requires ``tokens`` and then uses B*L.
+which is this module's formula with w = inverse_mask_ratio, shift on, normalizer all_positions.
+(CoDA also masks the first token of a row but can never score it; megadfm never masks it, see
+shift.py.)
 
 The unweighted sums and counts are always returned for telemetry (per-mask-ratio buckets).
 """
@@ -36,13 +37,14 @@ from typing import Dict, Optional
 import torch
 
 from megadfm.dfm.config import DFMConfig
+from megadfm.dfm.loss_presets import resolve
 from megadfm.dfm.masking import draw_strategies
+from megadfm.dfm.normalizers import LOSS_NORMALIZERS
 from megadfm.dfm.path import corrupt, maskable_positions
 from megadfm.dfm.schedulers import Scheduler
 from megadfm.dfm.shift import gather_predictions, segment_starts
-
-DEFAULT_PAD_TOKEN_ID = 151643
-"""<|endoftext|>, megadfm's pad id (DataConfig.pad_token_id); used by CoDA truncation."""
+from megadfm.dfm.weighting import LOSS_WEIGHTINGS
+from megadfm.tokens import PAD_TOKEN_ID
 
 
 @dataclass
@@ -63,14 +65,16 @@ class DFMLossOutput:
 
 
 def loss_weight(t: torch.Tensor, mask_ratio: torch.Tensor, cfg: DFMConfig, scheduler: Scheduler) -> torch.Tensor:
-    """w(t) [B] for ``cfg.loss_weighting`` (see the module docstring)."""
-    if cfg.loss_weighting == "kl":
-        return scheduler.weight(t)
-    if cfg.loss_weighting == "coda":
-        return 1.0 / mask_ratio
-    if cfg.loss_weighting == "none":
-        return torch.ones_like(t)
-    raise ValueError(f"dfm.loss_weighting: unknown weighting {cfg.loss_weighting!r}; expected kl, coda or none")
+    """w(t) [B] of the weighting ``cfg.loss_weighting`` selects (directly or through its preset)."""
+    weighting, _ = resolve(cfg.loss_weighting, cfg.loss_normalizer)
+    return LOSS_WEIGHTINGS.get(weighting)(t, mask_ratio, scheduler)
+
+
+def loss_normalizer(loss_mask: torch.Tensor, scored: torch.Tensor, cfg: DFMConfig) -> torch.Tensor:
+    """Scalar float32 divisor of the weighted sum, >= 1 (see megadfm/dfm/normalizers.py)."""
+    _, normalizer = resolve(cfg.loss_weighting, cfg.loss_normalizer)
+    count = LOSS_NORMALIZERS.get(normalizer)(loss_mask, scored)
+    return torch.as_tensor(count, dtype=torch.float32, device=scored.device).clamp(min=1.0)
 
 
 def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.Tensor, scored: torch.Tensor,
@@ -89,7 +93,7 @@ def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.
 
 def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Tensor, cfg: DFMConfig,
              scheduler: Scheduler, generator: torch.Generator, *, mask_token_id: Optional[int] = None,
-             pad_token_id: int = DEFAULT_PAD_TOKEN_ID) -> DFMLossOutput:
+             pad_token_id: int = PAD_TOKEN_ID) -> DFMLossOutput:
     """Corrupt ``batch`` at times ``t`` [B], run ``model`` and return the weighted masked CE.
 
     ``model`` follows docs/INTERFACES.md (``model(input_ids, t=..., position_ids=..., cu_seqlens=...,
@@ -105,7 +109,6 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
         raise ValueError("t must lie in [0, 1] (0 = all masked, 1 = clean)")
     if mask_token_id is None:
         mask_token_id = int(model.cfg.mask_token_id)
-    tokens_given = batch["loss_mask"].sum()
 
     draw = draw_strategies(batch, cfg, generator, pad_token_id)
     work = draw.batch
@@ -123,12 +126,8 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
     unweighted = torch.zeros(bsz, dtype=torch.float32, device=x1.device).index_add(0, row, ce)
     weighted = weight * unweighted
     count = path.scored.sum(dim=1)
-    if cfg.loss_weighting == "coda":
-        normalizer = torch.tensor(float(bsz * seq_len), device=x1.device)
-    elif cfg.loss_normalizer == "tokens":
-        normalizer = tokens_given.to(torch.float32).clamp(min=1.0)
-    else:
-        normalizer = count.sum().to(torch.float32).clamp(min=1.0)
+    # The batch as given, not work["loss_mask"]: CoDA truncation must not change the normalizer.
+    normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg)
     # hidden.sum() * 0 keeps every parameter in the graph when nothing is scored (a DDP/ZeRO
     # backward must still visit them); it adds exactly zero otherwise.
     loss = weighted.sum() / normalizer + hidden.sum() * 0.0

@@ -1,4 +1,4 @@
-"""The probability path: x_t from clean x_1 and t (DESIGN.md §3 "Corruption", FORMATS.md §4).
+"""The probability path: x_t from clean x_1 and t (docs/DESIGN.md §3 "Corruption", docs/FORMATS.md §4).
 
 Each *maskable* token is independently corrupted with probability r = 1 - kappa(t) (or in blocks,
 same marginal, see :mod:`megadfm.dfm.masking`); a corrupted token is replaced by a draw from the

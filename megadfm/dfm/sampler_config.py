@@ -1,4 +1,8 @@
-"""Configuration and result of the DFM sampler (megadfm/dfm/sampler.py)."""
+"""Configuration and result of the DFM sampler (megadfm/dfm/sampler.py).
+
+``method`` takes its allowed values from the registry of megadfm/dfm/sampling/ (importing that
+package registers every method; the methods import this module only for type checking).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,19 @@ from typing import List, Literal, Optional
 
 import torch
 
-from megadfm.config_base import doc, require
+from megadfm.config_base import check_choices, doc, require
+from megadfm.dfm.sampling import SAMPLER_METHODS
+from megadfm.tokens import ENDOFTEXT_TOKEN_ID
 
 
 @dataclass
 class SamplerConfig:
     """How to turn masks into tokens: solver, time grid, decoding filters, stopping."""
 
-    method: Literal["euler", "confidence"] = doc(
-        "euler", "euler: the exact-rate Euler DFM solver (random unmasking, (k(t+h)-k(t))/(1-k(t)) per step); "
-        "confidence: unmask the k most confident positions per step (optionally in semi-AR blocks).")
+    method: str = doc(
+        "euler", "A method of megadfm/dfm/sampling/. euler: the exact-rate Euler DFM solver (random unmasking, "
+        "(k(t+h)-k(t))/(1-k(t)) per step); confidence: unmask the k most confident positions per step (optionally in "
+        "semi-AR blocks).", choices=SAMPLER_METHODS)
     steps: int = doc(32, "Solver steps from t = 0 to 1 (per generation; split over blocks in semi-AR mode).")
     time_grid: Literal["uniform", "scheduler"] = doc(
         "uniform", "uniform: t_k = k/steps; scheduler: uniform in kappa (each step unmasks the same expected number).")
@@ -26,10 +33,11 @@ class SamplerConfig:
     temperature: float = doc(1.0, "Softmax temperature; 0 is greedy (argmax).")
     top_k: int = doc(0, "Keep the k most likely tokens (0 = off).")
     top_p: float = doc(1.0, "Nucleus sampling mass (1 = off).")
-    eos_token_id: Optional[int] = doc(151643, "End of text: the output stops before the first one (null = never stop).")
+    eos_token_id: Optional[int] = doc(ENDOFTEXT_TOKEN_ID, "End of text: the output stops before the first one (null = never stop).")
     seed: int = doc(0, "Seed of the sampler's generator (when none is passed in).")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         require(self.steps > 0, "steps", f"must be positive, got {self.steps}")
         require(self.block_length >= 0, "block_length", f"must be >= 0, got {self.block_length}")
         require(self.method == "confidence" or self.block_length == 0, "block_length",

@@ -1,4 +1,4 @@
-"""Schedulers kappa(t): the probability that a token is clean at time t (DESIGN.md §3).
+"""Schedulers kappa(t): the probability that a token is clean at time t (docs/DESIGN.md §3).
 
 t = 0 is the source (every maskable token masked), t = 1 is data. The mask ratio is
 r = 1 - kappa(t). The loss weight of a mask-source path is kappa'(t) / (1 - kappa(t)).

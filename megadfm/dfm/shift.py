@@ -1,4 +1,4 @@
-"""The shift convention, in one place (DESIGN.md §3 "Shift").
+"""The shift convention, in one place (docs/DESIGN.md §3 "Shift").
 
 With ``shift_logits`` on (default, as CoDA and Dream), the model output at position i predicts the
 token at position i + 1: a Qwen3 checkpoint's LM head was trained to do exactly that, so the
@@ -12,7 +12,7 @@ shift is on. The DFM corruption therefore never masks it (:func:`predictable_pos
 path's "maskable" set), the loss never scores it, and the sampler refuses a generation that would
 have to produce it (a prompt of at least one token is needed, e.g. ``<|endoftext|>`` as BOS).
 
-Training (:mod:`megadfm.dfm.loss`), evaluation and sampling (:mod:`megadfm.dfm.sampler`) all map
+Training (:mod:`megadfm.dfm.loss`), evaluation and sampling (:mod:`megadfm.dfm.sampling.steps`) all map
 "which tokens do I want predicted" to "which hidden states predict them" through
 :func:`prediction_indices`, so they cannot disagree.
 """

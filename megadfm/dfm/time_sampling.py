@@ -1,4 +1,4 @@
-"""Draw one t per sequence, restricted to mask ratios r in [eps, 1] (DESIGN.md §3 "Corruption").
+"""Draw one t per sequence, restricted to mask ratios r in [eps, 1] (docs/DESIGN.md §3 "Corruption").
 
 t is drawn uniformly on [0, t_max] where t_max = t_for_mask_ratio(eps): near r = 0 the weight
 kappa'/(1 - kappa) explodes (1/r for the linear scheduler), so those times are left out. With the

@@ -151,3 +151,40 @@ def test_uniform_source_scores_every_maskable_position(model):
     expected[:, 0] = False  # shift on: document starts are never scored
     assert torch.equal(out.masked, expected)
     assert not (out.x_t == MASK).any()  # a uniform source never shows the mask token
+
+
+@pytest.fixture
+def doubled_none_weighting():
+    """A weighting registered by the test itself: w = 2 (twice plain masked CE)."""
+    from megadfm.dfm.weighting import LOSS_WEIGHTINGS
+
+    @LOSS_WEIGHTINGS.register("test_twice")
+    def twice(t, mask_ratio, scheduler):
+        return 2.0 * t.new_ones(t.shape)
+
+    yield "test_twice"
+    LOSS_WEIGHTINGS.unregister("test_twice")
+
+
+def test_a_weighting_registered_in_a_test_is_a_config_value(model, doubled_none_weighting):
+    batch = batch_from_documents(_random_docs(3, [9, 6, 9], 7), seq_len=9, pad_token_id=PAD)
+    t = torch.tensor([0.2, 0.5, 0.8])
+    cfg = DFMConfig(scheduler="linear", loss_weighting=doubled_none_weighting)
+    out = dfm_loss(model, batch, t, cfg, make_scheduler(cfg), torch.Generator().manual_seed(3), pad_token_id=PAD)
+    assert out.masked.any()
+    torch.testing.assert_close(out.weight, torch.full((3,), 2.0))
+    # tokens normalizer: the 24 real tokens of the batch
+    torch.testing.assert_close(out.loss, 2.0 * out.per_seq_unweighted_sum.sum() / 24)
+
+
+def test_coda_is_inverse_mask_ratio_plus_all_positions(model):
+    """The preset and its two halves named explicitly give the same loss, padding included."""
+    batch = batch_from_documents(_random_docs(4, [12, 7, 12, 9], 8), seq_len=12, pad_token_id=PAD)
+    t = torch.tensor([0.1, 0.35, 0.6, 0.85])
+    cfgs = [DFMConfig(scheduler="polynomial", scheduler_exponent=2.0, loss_weighting="coda"),
+            DFMConfig(scheduler="polynomial", scheduler_exponent=2.0, loss_weighting="inverse_mask_ratio",
+                      loss_normalizer="all_positions")]
+    outs = [dfm_loss(model, batch, t, c, make_scheduler(c), torch.Generator().manual_seed(2), pad_token_id=PAD) for c in cfgs]
+    assert float(outs[0].normalizer) == float(outs[1].normalizer) == 4 * 12
+    torch.testing.assert_close(outs[0].loss, outs[1].loss)
+    torch.testing.assert_close(outs[0].weight.double(), 1.0 / (1.0 - t.double() ** 2), rtol=1e-6, atol=0)

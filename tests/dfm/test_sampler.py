@@ -115,7 +115,7 @@ def test_shift_needs_a_prompt(model):
 
 @pytest.mark.parametrize("method", ["euler", "confidence"])
 def test_chunked_decoding_gives_the_same_tokens(model, method, monkeypatch):
-    import megadfm.dfm.sampler as sampler_module
+    import megadfm.dfm.sampling.steps as sampler_module
 
     cfg = SamplerConfig(method=method, steps=4, temperature=0.0, confidence="margin", eos_token_id=None)
     whole = generate(model, PROMPTS, 9, cfg, DFMConfig(), pad_token_id=PAD)
@@ -134,3 +134,24 @@ def test_euler_with_a_mixture_source(model):
     assert not (out.sequences == MASK).any()
     with pytest.raises(ValueError, match="mask source"):
         generate(model, PROMPTS, 6, SamplerConfig(method="confidence"), dfm, pad_token_id=PAD)
+
+
+def test_a_method_registered_in_a_test_is_a_config_value(model):
+    """A sampler method is one registered function: here, every new position from one evaluation."""
+    from megadfm.dfm.sampling import SAMPLER_METHODS
+    from megadfm.dfm.sampling.steps import predict_tokens, write_tokens
+
+    @SAMPLER_METHODS.register("test_one_shot")
+    def one_shot(model, x, layout, cfg, dfm, scheduler, mask_id, generator):
+        t = torch.zeros(x.shape[0])
+        target, tokens, _ = predict_tokens(model, x, t, layout, layout.generate, dfm.shift_logits, cfg, generator)
+        write_tokens(x, target, tokens)
+        return 1
+
+    try:
+        out = generate(model, PROMPTS, 5, SamplerConfig(method="test_one_shot", eos_token_id=None), DFMConfig(),
+                       pad_token_id=PAD)
+    finally:
+        SAMPLER_METHODS.unregister("test_one_shot")
+    assert out.model_evals == 1
+    assert all(len(row) == 5 for row in out.tokens) and not (out.sequences == MASK).any()
