@@ -119,6 +119,19 @@ def test_failed_save_keeps_previous_latest_and_retention(tmp_path, stdlib_prefix
     assert latest_tag(run_dir) == "step_00000007"
     assert not any(n.startswith(".incomplete") for n in os.listdir(os.path.join(run_dir, "checkpoints")))
 
+    # the crash window between publishing step 7 and rewriting 'latest', and a 'latest' naming a missing step:
+    # resume and every reader of weights (init_from, export, generate) pick the same checkpoint
+    from megadfm.checkpoints.source import open_source
+    from megadfm.config import CheckpointConfig
+    from megadfm.training.checkpoint import CheckpointManager
+
+    root = os.path.join(run_dir, "checkpoints")
+    for stale in ("step_00000006", "step_00000042"):
+        with open(os.path.join(root, "latest"), "w") as f:
+            f.write(stale)
+        assert CheckpointManager(root, CheckpointConfig()).latest_step() == 7
+        assert open_source(run_dir).step == 7
+
 
 def test_batch_arithmetic_error_is_explained(tmp_path, stdlib_prefix, tokenizer_dir):
     cfg = tiny_config(str(tmp_path / "run"), stdlib_prefix, tokenizer_dir,
@@ -147,7 +160,7 @@ def test_torchrun_with_zero_init_matches_deepspeed_launcher(tmp_path, stdlib_pre
 
 
 def _consolidated(run_dir, step):
-    from megadfm.training.init_weights import consolidated_state_dict
+    from megadfm.checkpoints.zero import consolidated_state_dict
 
     return consolidated_state_dict(os.path.join(run_dir, "checkpoints"), f"step_{step:08d}")
 

@@ -1,38 +1,36 @@
-"""Telemetry driven by a real tiny training loop: megadfm's Qwen3DFM and dfm_loss, a batch of corrupted
-tokens that makes a real loss jump, a spike event whose sample identities replay that exact batch,
-validation per bucket, and the sinks (JSONL always, W&B offline, TensorBoard skipped with a reason).
+"""Telemetry driven by the real training loop: megadfm's Trainer (DeepSpeed ZeRO-0, one gloo process)
+with its built-in callbacks, fed by a data source that corrupts chosen steps so a real loss jumps; a
+spike event whose sample identities and replay keys rebuild that exact batch and its noise;
+validation per bucket; the sinks (JSONL always, W&B offline, TensorBoard skipped with a reason).
 
 ``run_tiny_training`` is also what the dashboard test renders."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
 import subprocess
 import sys
-import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
 
+from megadfm.config import CheckpointConfig, DataConfig, MegaDFMConfig, ModelConfig, TrainingConfig
 from megadfm.data.batch import batch_from_documents
-from megadfm.dfm.config import DFMConfig
 from megadfm.dfm.loss import dfm_loss
 from megadfm.dfm.schedulers import make_scheduler
-from megadfm.dfm.time_sampling import sample_times, step_seed
-from megadfm.model.config import ModelConfig
-from megadfm.model.qwen3_dfm import Qwen3DFM
-from megadfm.training.grad_norms import compute_grad_norms
-from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.callbacks import Callback
 from megadfm.training.telemetry.config import TelemetryConfig
+from megadfm.training.telemetry.recorder import Telemetry
 from tests.conftest import REPO
+from tests.training.dist_helpers import run_distributed
+from tests.training.telemetry_helpers import record
 
 VOCAB, MASK, PAD, SEQ_LEN, MICRO_BATCH, ACCUM = 512, 500, 0, 32, 8, 2
-CLEAN, NOISE = 0, 1  # dataset_index of the two blend sources
+CLEAN, NOISE = 0, 1  # dataset_index of the two sources
 
 
 def document(dataset_index: int, sample: int) -> List[int]:
@@ -54,27 +52,90 @@ def make_batch(identities: Sequence[tuple]) -> Dict[str, torch.Tensor]:
     return batch
 
 
-def tiny_model() -> Qwen3DFM:
-    cfg = ModelConfig(vocab_size=VOCAB, mask_token_id=MASK, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, kernels="torch", time_embedding_dim=32,
-                      max_position_embeddings=64)
-    return Qwen3DFM(cfg, seed=0)
+class CorruptibleData:
+    """The trainer's data interface (TrainingData's), serving clean batches except on ``corrupt_steps``."""
+
+    def __init__(self, corrupt_steps: Sequence[int], consumed_samples: int):
+        assert consumed_samples == 0, "this source does not resume"
+        self.corrupt_steps = set(corrupt_steps)
+        self.calls = 0
+
+    def next_train_batch(self, device) -> Dict[str, torch.Tensor]:
+        step, micro = self.calls // ACCUM + 1, self.calls % ACCUM
+        self.calls += 1
+        source = NOISE if step in self.corrupt_steps else CLEAN
+        return make_batch([(source, (step * ACCUM + micro) * MICRO_BATCH + i) for i in range(MICRO_BATCH)])
+
+    def valid_batches(self, device, max_batches: int) -> Iterator[Dict[str, torch.Tensor]]:
+        for b in range(max_batches):
+            yield make_batch([(CLEAN, 5000 + b * MICRO_BATCH + i) for i in range(MICRO_BATCH)])
+
+    def manifest(self) -> Dict[str, Any]:
+        return {"source": "tests/training/test_telemetry_e2e.py CorruptibleData", "corrupt_steps": sorted(self.corrupt_steps)}
 
 
-def lr_at(step: int, steps: int, peak: float = 1e-2, warmup: int = 5) -> float:
-    if step <= warmup:
-        return peak * step / warmup
-    return 0.1 * peak + 0.9 * peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+class Observer(Callback):
+    """What the tests check against: each step's spike decision and LR, the batches, pre-step weights."""
+
+    def __init__(self, snapshot_steps: Sequence[int]):
+        self.snapshot_steps = set(snapshot_steps)
+        self.out: Dict[str, Any] = {"batches": {}, "snapshots": {}, "decisions": {}, "lr": {}}
+
+    def pre_step(self, trainer, state) -> None:
+        if state.step in self.snapshot_steps:
+            self.out["snapshots"][state.step] = {k: v.detach().clone() for k, v in trainer.module.model.state_dict().items()}
+
+    def post_micro_batch(self, trainer, micro) -> None:
+        self.out["batches"][(micro.step, micro.micro)] = micro.batch["input_ids"].clone()
+
+    def pre_optim_step(self, trainer, state) -> None:  # runs after the built-in callbacks: the spike is judged
+        self.out["decisions"][state.step] = (state.spike.action, state.spike.label)
+        self.out["lr"][state.step] = state.lr
+
+
+def tiny_run_config(run_dir: str, steps: int, cfg: TelemetryConfig, log_interval: int, eval_interval: int) -> MegaDFMConfig:
+    return MegaDFMConfig(
+        model=ModelConfig(vocab_size=VOCAB, mask_token_id=MASK, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, kernels="torch", time_embedding_dim=32,
+                          max_position_embeddings=64),
+        data=DataConfig(seq_len=SEQ_LEN, eod_token_id=PAD, pad_token_id=PAD),
+        training=TrainingConfig(output_dir=run_dir, train_steps=steps, micro_batch_size=MICRO_BATCH, grad_accum_steps=ACCUM,
+                                lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0, zero_stage=0,
+                                ds_config=os.path.join(REPO, "ds_configs", "cpu_zero0.json"), log_interval=log_interval,
+                                eval_interval=eval_interval, eval_batches=1, seed=1234),
+        checkpoint=CheckpointConfig(save_interval=0),
+        telemetry=cfg)
+
+
+def _train_worker(rank: int, world_size: int, run_cfg: MegaDFMConfig, corrupt_steps, snapshot_steps) -> dict:
+    from megadfm.training.run import setup_logging
+    from megadfm.training.trainer import Trainer
+
+    setup_logging(rank)
+    observer = Observer(snapshot_steps)
+    trainer = Trainer(run_cfg, rank, world_size, callbacks=[observer],
+                      data_factory=lambda cfg, r, w, consumed: CorruptibleData(corrupt_steps, consumed))
+    try:
+        status = trainer.train()
+    finally:
+        trainer.close()
+    return dict(observer.out, status=status)
 
 
 def run_tiny_training(run_dir: str, steps: int = 40, corrupt_steps: Sequence[int] = (), cfg: Optional[TelemetryConfig] = None,
                       log_interval: int = 5, eval_interval: int = 0, snapshot_steps: Sequence[int] = ()) -> dict:
-    """Train the tiny model with the engine's telemetry call sequence; returns what the tests check against.
-
-    Runs single-threaded: on a shared 2-core machine torch's second OpenMP thread spin-waits and makes
-    this tiny model ~20x slower."""
-    with single_thread():
-        return _run_tiny_training(run_dir, steps, corrupt_steps, cfg, log_interval, eval_interval, snapshot_steps)
+    """Train the tiny model with the real Trainer in one spawned gloo process; returns what the tests check
+    against (plus the metrics.jsonl records as ``records`` / ``val``)."""
+    cfg = cfg or TelemetryConfig(wandb="disabled", log_spaced_low_buckets=2, spike_window=30, spike_warmup=10,
+                                 spike_action="skip_step", spike_min_bucket_tokens=16)
+    run_cfg = tiny_run_config(run_dir, steps, cfg, log_interval, eval_interval)
+    (out,) = run_distributed(_train_worker, world_size=1, args=(run_cfg, list(corrupt_steps), list(snapshot_steps)), timeout=600)
+    assert out["status"] == 0
+    lines = read_jsonl(os.path.join(run_dir, "telemetry", "metrics.jsonl"))
+    out["records"] = [r for r in lines if r["kind"] == "train"]
+    out["val"] = [r for r in lines if r["kind"] == "val"]
+    out["run_config"] = run_cfg
+    return out
 
 
 @contextlib.contextmanager
@@ -85,60 +146,6 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _run_tiny_training(run_dir, steps, corrupt_steps, cfg, log_interval, eval_interval, snapshot_steps) -> dict:
-    torch.manual_seed(0)
-    cfg = cfg or TelemetryConfig(wandb="disabled", log_spaced_low_buckets=2, spike_window=30, spike_warmup=10,
-                                 spike_action="skip_step", spike_min_bucket_tokens=16)
-    dfm_cfg = DFMConfig()
-    scheduler = make_scheduler(dfm_cfg)
-    model = tiny_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr_at(1, steps), weight_decay=0.0)
-    tel = Telemetry(cfg, run_dir, log_interval=log_interval, grad_clip=1.0, scheduler=scheduler,
-                    run_config={"test": "run_tiny_training", "steps": steps})
-    out = {"batches": {}, "snapshots": {}, "decisions": {}, "records": [], "val": []}
-    heldout = make_batch([(CLEAN, 5000 + i) for i in range(MICRO_BATCH)])
-
-    def loss_at_t(t: float):
-        with torch.no_grad():
-            return dfm_loss(model, heldout, torch.full((MICRO_BATCH,), t), dfm_cfg, scheduler,
-                            torch.Generator().manual_seed(99), pad_token_id=PAD)
-
-    for step in range(1, steps + 1):
-        started = time.perf_counter()
-        if step in snapshot_steps:
-            out["snapshots"][step] = copy.deepcopy(model.state_dict())
-        lr = lr_at(step, steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for micro in range(ACCUM):
-            source = NOISE if step in corrupt_steps else CLEAN
-            ids = [(source, (step * ACCUM + micro) * MICRO_BATCH + i) for i in range(MICRO_BATCH)]
-            batch = make_batch(ids)
-            seed = step_seed(1234, step, micro)
-            t = sample_times(MICRO_BATCH, dfm_cfg, scheduler, seed=seed)
-            res = dfm_loss(model, batch, t, dfm_cfg, scheduler, torch.Generator().manual_seed(seed), pad_token_id=PAD)
-            (res.loss / ACCUM).backward()
-            tel.record_loss_output(res, batch, replay={"seed": seed})
-            out["batches"][(step, micro)] = batch["input_ids"].clone()
-        tel.record_grad_norms(compute_grad_norms(model, model.parameter_group, clip=1.0))
-        tokens = ACCUM * MICRO_BATCH * SEQ_LEN
-        tel.record_scalars(lr=lr, tokens_per_s=tokens / (time.perf_counter() - started), mem_rss_gb=0.0)
-        decision = tel.check_spike(step)
-        out["decisions"][step] = (decision.action, decision.label)
-        if not decision.skip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        record = tel.end_step(step, force_log=step == steps)
-        if record is not None:
-            out["records"].append(record)
-        if eval_interval and step % eval_interval == 0:
-            out["val"].append(tel.log_validation(step, loss_at_t))
-    tel.close()
-    out["telemetry"] = tel
-    return out
 
 
 def read_jsonl(path) -> List[dict]:
@@ -158,24 +165,32 @@ def test_corrupted_batch_is_a_replayable_instability_spike(tmp_path):
     (event,) = read_jsonl(tmp_path / "telemetry" / "spikes.jsonl")
     assert event["step"] == corrupt and event["label"] == "instability" and event["skipped"]
     assert event["ce"] > event["ce_expected"][1] and event["grad_norms"]["grad/total"] > 0
-    assert event["lr"] == pytest.approx(lr_at(corrupt, 26))
+    assert event["lr"] == run["lr"][corrupt] > 0
 
-    # replay: the identities rebuild the exact input batch, and the replay seed + the pre-step weights give the same losses
-    model = tiny_model()
+    # replay: the identities rebuild the exact input batch; the replay keys (step, global offset) rebuild the exact
+    # t and masks through the trainer's own noise function; with the pre-step weights the losses come out the same
+    from megadfm.model.qwen3_dfm import Qwen3DFM
+    from megadfm.training.trainer import training_noise
+
+    run_cfg = run["run_config"]
+    model = Qwen3DFM(run_cfg.model, seed=0)
     model.load_state_dict(run["snapshots"][corrupt])
-    dfm_cfg, scheduler = DFMConfig(), make_scheduler(DFMConfig())
-    seeds = {r["micro_batch"]: r["seed"] for r in event["replay"]}
+    scheduler = make_scheduler(run_cfg.dfm)
+    keys = {r["micro_batch"]: r for r in event["replay"]}
     for micro in range(ACCUM):
         rows = sorted((s for s in event["sequences"] if s["micro_batch"] == micro), key=lambda s: s["row"])
         batch = make_batch([(s["dataset_index"], s["dataset_sample_index"]) for s in rows])
         assert torch.equal(batch["input_ids"], run["batches"][(corrupt, micro)])
         assert batch["sample_index"].tolist() == [s["sample_index"] for s in rows]
-        t = torch.tensor([s["t"] for s in rows], dtype=torch.float32)
-        assert torch.equal(t, sample_times(MICRO_BATCH, dfm_cfg, scheduler, seed=seeds[micro]))
-        with torch.no_grad(), single_thread():  # as in training, so the float sums are bit-identical
-            res = dfm_loss(model, batch, t, dfm_cfg, scheduler, torch.Generator().manual_seed(seeds[micro]), pad_token_id=PAD)
-        assert res.per_seq_unweighted_sum.tolist() == [s["unweighted_sum"] for s in rows]
+        key = keys[micro]
+        assert key["step"] == corrupt and key["micro"] == micro
+        t, gen = training_noise(run_cfg, scheduler, key["step"] - 1, key["global_offset"], MICRO_BATCH, MICRO_BATCH * ACCUM,
+                                torch.device("cpu"))
+        assert torch.equal(t, torch.tensor([s["t"] for s in rows], dtype=t.dtype))
+        with torch.no_grad(), single_thread():  # as in training (one thread), so the float sums agree
+            res = dfm_loss(model, batch, t, run_cfg.dfm, scheduler, gen, pad_token_id=PAD)
         assert res.per_seq_masked_count.tolist() == [s["masked_tokens"] for s in rows]
+        assert res.per_seq_unweighted_sum.tolist() == pytest.approx([s["unweighted_sum"] for s in rows], rel=1e-6)
 
     # validation: one line per pass, every bucket evaluated at its mid mask ratio, t from the scheduler
     (val,) = [r for r in read_jsonl(tmp_path / "telemetry" / "metrics.jsonl") if r["kind"] == "val"]
@@ -202,15 +217,16 @@ def test_state_dict_resumes_detector_and_emas(tmp_path):
     cfg = TelemetryConfig(wandb="disabled")
     with Telemetry(cfg, str(tmp_path / "a"), log_interval=2) as tel:
         for step in range(1, 9):
-            tel.record_micro_batch(**micro_batch(step, batch_size=16))
+            record(tel, micro_batch(step, batch_size=16))
             tel.end_step(step)
         state = json.loads(json.dumps(tel.state_dict()))  # what a checkpoint stores
     with Telemetry(cfg, str(tmp_path / "b"), log_interval=2) as fresh:
         fresh.load_state_dict(state)
-        assert fresh.ema == tel.ema and fresh.detector.state_dict() == tel.detector.state_dict()
+        assert fresh.window.ema == tel.window.ema
+        assert fresh.monitor.detector.state_dict() == tel.monitor.detector.state_dict()
         # the resumed instance continues the same EMAs as one that never stopped
         for t in (tel, fresh):
-            t.record_micro_batch(**micro_batch(9, batch_size=16))
+            record(t, micro_batch(9, batch_size=16))
         assert fresh.end_step(10)["train/loss_ema"] == tel.end_step(10)["train/loss_ema"]
 
 
@@ -218,17 +234,18 @@ def test_sinks_wandb_offline_tensorboard_reason_and_no_wandb_import_when_disable
     script = f"""
 import json, logging, os, sys, torch
 logging.basicConfig(level=logging.INFO)
-from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.recorder import Telemetry
 from megadfm.training.telemetry.config import TelemetryConfig
+from tests.training.telemetry_helpers import record
 from tests.training.test_telemetry_reduction import micro_batch
 run = sys.argv[1]
 with Telemetry(TelemetryConfig(wandb="disabled", tensorboard=True), os.path.join(run, "off"), log_interval=1) as tel:
-    tel.record_micro_batch(**micro_batch(0))
+    record(tel, micro_batch(0))
     tel.end_step(1)
 assert "wandb" not in sys.modules, "wandb was imported although telemetry.wandb is disabled"
 with Telemetry(TelemetryConfig(wandb="offline", wandb_project="megadfm-test"), os.path.join(run, "on"), log_interval=1) as tel:
     for step in (1, 2):
-        tel.record_micro_batch(**micro_batch(step))
+        record(tel, micro_batch(step))
         tel.end_step(step)
 print("SINKS-OK")
 """

@@ -11,9 +11,10 @@ import random
 import pytest
 import torch
 
-from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.recorder import Telemetry
 from megadfm.training.telemetry.buckets import Buckets, make_bucket_edges, summarize
 from megadfm.training.telemetry.config import TelemetryConfig
+from tests.training.telemetry_helpers import record
 from tests.training.dist_helpers import run_distributed
 
 VOLATILE = ("time", "perf/window_seconds")
@@ -77,8 +78,8 @@ def test_micro_batch_accumulation_equals_one_big_batch(tmp_path):
     mbs = [micro_batch(("accum", i)) for i in range(3)]
     with Telemetry(cfg, str(tmp_path / "micro")) as a, Telemetry(cfg, str(tmp_path / "big")) as b:
         for mb in mbs:
-            a.record_micro_batch(**mb)
-        b.record_micro_batch(**concat(mbs))
+            record(a, mb)
+        record(b, concat(mbs))
         ra, rb = stable(a.end_step(1)), stable(b.end_step(1))
     assert ra.pop("train/micro_batches") == 3 and rb.pop("train/micro_batches") == 1
     assert ra == rb
@@ -132,15 +133,18 @@ def _reduction_worker(rank: int, world_size: int, run_dir: str):
         return real_all_reduce(*args, **kwargs)
 
     dist.all_reduce = counting_all_reduce
+    from megadfm.training.telemetry.reduce import all_gather_objects, all_reduce_sum
+
+    ranks = dict(rank=rank, world_size=world_size, is_writer=rank == 0, reduce=all_reduce_sum(), gather=all_gather_objects())
     out = {}
     for mode in ("log_step", "step"):
         calls.clear()
         cfg = TelemetryConfig(wandb="disabled", spike_detection=mode, log_spaced_low_buckets=2)
-        with Telemetry(cfg, os.path.join(run_dir, mode), log_interval=2) as tel:
+        with Telemetry(cfg, os.path.join(run_dir, mode), log_interval=2, **ranks) as tel:
             records = []
             for step in range(1, 5):
                 for micro in range(2):
-                    tel.record_micro_batch(**micro_batch((rank, step, micro)))
+                    record(tel, micro_batch((rank, step, micro)))
                 assert not tel.check_spike(step).is_spike
                 rec = tel.end_step(step)
                 if rec is not None:
@@ -151,18 +155,18 @@ def _reduction_worker(rank: int, world_size: int, run_dir: str):
     # (r >= 1/4 here: the heavy-tailed 1/r weights of tiny r would need a longer warm-up than this short run has)
     cfg = TelemetryConfig(wandb="disabled", spike_window=20, spike_warmup=8, spike_action="skip_step", spike_threshold=6.0)
     decisions = []
-    with Telemetry(cfg, os.path.join(run_dir, "spike"), log_interval=5) as tel:
+    with Telemetry(cfg, os.path.join(run_dir, "spike"), log_interval=5, **ranks) as tel:
         for step in range(1, 16):
             mbs = [micro_batch(("spike", rank, step, m), batch_size=8, spike_row=(step == 13 and rank == 1 and m == 0), min_k=16)
                    for m in range(2)]
             for mb in mbs:
-                tel.record_micro_batch(**mb, replay={"seed": 1000 * step + rank})
+                record(tel, mb, replay={"seed": 1000 * step + rank})
             d = tel.check_spike(step)
             decisions.append((d.action, d.label))
             tel.end_step(step)
             if step == 13:
                 recorded = [int(i) for mb in mbs for i in mb["sample_index"]]
-        out["spike"] = {"decisions": decisions, "sample_index_step13": recorded, "skipped_total": tel.skipped_total}
+        out["spike"] = {"decisions": decisions, "sample_index_step13": recorded, "skipped_total": tel.window.skipped_total}
     return out
 
 
@@ -177,7 +181,7 @@ def test_two_ranks_reduce_to_exact_global_sums(tmp_path):
             for step in range(1, 5):
                 for rank in range(2):
                     for micro in range(2):
-                        tel.record_micro_batch(**micro_batch((rank, step, micro)))
+                        record(tel, micro_batch((rank, step, micro)))
                 rec = tel.end_step(step)
                 if rec is not None:
                     expected.append(stable(rec))

@@ -12,8 +12,9 @@ import torch
 
 from megadfm.training.grad_norms import GradNorms
 from megadfm.training.telemetry.spikes import SpikeDetector
-from megadfm.training.telemetry.legacy import Telemetry
+from megadfm.training.telemetry.recorder import Telemetry
 from megadfm.training.telemetry.config import TelemetryConfig
+from tests.training.telemetry_helpers import record
 
 
 def noisy_series(n: int, seed: int, decay: float = 1.5):
@@ -88,7 +89,7 @@ def test_weighting_vs_instability_labels_and_actions(tmp_path):
             batch = dfm_sums(rng, r, ce_per_token=[float("nan")] + [3.0] * (len(r) - 1))
         else:
             batch = dfm_sums(rng, stratified(rng))
-        tel.record_micro_batch(**batch)
+        record(tel, batch)
         tel.record_grad_norms(GradNorms(total=2.0, groups={"backbone": 2.0}, clip=1.0, clip_coef=0.5))
         tel.record_scalars(lr=1e-3 * step, tokens_per_s=1000.0)
         d = tel.check_spike(step)
@@ -97,7 +98,7 @@ def test_weighting_vs_instability_labels_and_actions(tmp_path):
     tel.close()
     spikes = {s: d for s, d in decisions.items() if d[0] != "none"}
     assert spikes == {20: ("log", "weighting"), 25: ("skip_step", "instability"), 28: ("skip_step", "instability")}
-    assert tel.skipped_total == 2
+    assert tel.window.skipped_total == 2
 
     events = {e["step"]: e for e in map(json.loads, (tmp_path / "telemetry" / "spikes.jsonl").read_text().splitlines())}
     w = events[20]
@@ -126,7 +127,7 @@ def test_act_on_weighting_and_stop(tmp_path):
             for step in range(1, 12):
                 r = stratified(rng) + ([0.001, 0.001, 0.001] if step == 11 else [])
                 masked = [max(1, round(x * 256)) for x in r[:16]] + [1] * (len(r) - 16)
-                tel.record_micro_batch(**dfm_sums(rng, r, masked=masked))
+                record(tel, dfm_sums(rng, r, masked=masked))
                 d = tel.check_spike(step)
                 tel.end_step(step)
             assert (d.action, d.label) == expected and d.stop == (expected[0] == "stop")
