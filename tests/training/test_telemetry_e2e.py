@@ -8,6 +8,7 @@ validation per bucket; the sinks (JSONL always, W&B offline, TensorBoard skipped
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -107,29 +108,33 @@ def tiny_run_config(run_dir: str, steps: int, cfg: TelemetryConfig, log_interval
         telemetry=cfg)
 
 
-def _train_worker(rank: int, world_size: int, run_cfg: MegaDFMConfig, corrupt_steps, snapshot_steps) -> dict:
+def _train_worker(rank: int, world_size: int, run_cfg: MegaDFMConfig, corrupt_steps, snapshot_steps, extra_callbacks) -> dict:
     from megadfm.training.run import setup_logging
     from megadfm.training.trainer import Trainer
 
     setup_logging(rank)
     observer = Observer(snapshot_steps)
-    trainer = Trainer(run_cfg, rank, world_size, callbacks=[observer],
+    trainer = Trainer(run_cfg, rank, world_size, callbacks=[observer, *extra_callbacks],
                       data_factory=lambda cfg, r, w, consumed: CorruptibleData(corrupt_steps, consumed))
     try:
         status = trainer.train()
     finally:
         trainer.close()
-    return dict(observer.out, status=status)
+    return dict(observer.out, status=status, extra=extra_callbacks)
 
 
 def run_tiny_training(run_dir: str, steps: int = 40, corrupt_steps: Sequence[int] = (), cfg: Optional[TelemetryConfig] = None,
-                      log_interval: int = 5, eval_interval: int = 0, snapshot_steps: Sequence[int] = ()) -> dict:
+                      log_interval: int = 5, eval_interval: int = 0, snapshot_steps: Sequence[int] = (),
+                      extra_callbacks: Sequence[Callback] = (), **training) -> dict:
     """Train the tiny model with the real Trainer in one spawned gloo process; returns what the tests check
-    against (plus the metrics.jsonl records as ``records`` / ``val``)."""
+    against (plus the metrics.jsonl records as ``records`` / ``val``, and ``extra``: the extra callbacks as
+    they were at the end of the run). ``training`` overrides TrainingConfig fields."""
     cfg = cfg or TelemetryConfig(wandb="disabled", log_spaced_low_buckets=2, spike_window=30, spike_warmup=10,
                                  spike_action="skip_step", spike_min_bucket_tokens=16)
     run_cfg = tiny_run_config(run_dir, steps, cfg, log_interval, eval_interval)
-    (out,) = run_distributed(_train_worker, world_size=1, args=(run_cfg, list(corrupt_steps), list(snapshot_steps)), timeout=600)
+    run_cfg.training = dataclasses.replace(run_cfg.training, **training)
+    (out,) = run_distributed(_train_worker, world_size=1, args=(run_cfg, list(corrupt_steps), list(snapshot_steps),
+                                                                list(extra_callbacks)), timeout=600)
     assert out["status"] == 0
     lines = read_jsonl(os.path.join(run_dir, "telemetry", "metrics.jsonl"))
     out["records"] = [r for r in lines if r["kind"] == "train"]
