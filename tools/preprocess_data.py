@@ -17,7 +17,7 @@ A run whose summary matches the inputs, options and tokenizer is skipped ("up to
 
 Empty documents are kept as empty documents (a repeated document index, as Megatron does), so
 document j of the output is record j of the input; they are counted and logged. Token ids at or
-above the tokenizer's size are an error naming the record (DESIGN.md §5).
+above the tokenizer's size are an error naming the record (docs/DESIGN.md §5).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each entry is a set of ``.npy`` files named by a hash of a JSON description of everything that
 affects the arrays, plus that description as ``.json`` for people. When torch.distributed is
 initialized, global rank 0 builds missing entries while the other ranks wait at a barrier, then
-every rank memory-maps the files (one build per job on a shared filesystem, DESIGN.md §7).
+every rank memory-maps the files (one build per job on a shared filesystem, docs/DESIGN.md §7).
 Without torch.distributed each process builds what is missing itself: the arrays are a
 deterministic function of the description and every file is written to a temporary name and
 renamed, so concurrent builders can only replace a file with identical bytes.

@@ -1,6 +1,6 @@
 """Megatron MMIDIDX v1 indexed datasets: memory-mapped reader, streaming writer, merge.
 
-Byte-compatible with Megatron-LM / GPT-NeoX (layout in /work/shared/FORMATS.md §1): a dataset is
+Byte-compatible with Megatron-LM / GPT-NeoX (layout in docs/FORMATS.md §1): a dataset is
 a path prefix P with ``P.bin`` (token ids back to back, little-endian) and ``P.idx``::
 
     magic b"MMIDIDX\\x00\\x00" | u64 version=1 | u8 dtype code | u64 S | u64 D

@@ -1,4 +1,4 @@
-"""Time conditioning: t -> sinusoidal embedding -> MLP -> per-block AdaLN modulation (DESIGN.md §3).
+"""Time conditioning: t -> sinusoidal embedding -> MLP -> per-block AdaLN modulation (docs/DESIGN.md §3).
 
 Every block gets six [B, H] vectors, in this order:
 ``shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp``, used as

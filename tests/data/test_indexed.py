@@ -1,4 +1,4 @@
-"""MMIDIDX v1 reader/writer: the FORMATS.md example byte for byte, real-text round trips, merge, corrupt files."""
+"""MMIDIDX v1 reader/writer: the docs/FORMATS.md example byte for byte, real-text round trips, merge, corrupt files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from megadfm.data.indexed import (IndexedDataset, IndexedDatasetError, IndexedDa
 
 from tests.conftest import stdlib_python_files
 
-# FORMATS.md §1: 3 documents of 5, 3 and 7 uint16 tokens.
+# docs/FORMATS.md §1: 3 documents of 5, 3 and 7 uint16 tokens.
 WORKED_EXAMPLE_IDX = (
     "4d4d494449445800 00 | 0100000000000000 | 08 | 0300000000000000 | 0400000000000000 | "
     "05000000 03000000 07000000 | 0000000000000000 0a00000000000000 1000000000000000 | "

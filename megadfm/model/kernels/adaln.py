@@ -1,4 +1,4 @@
-"""AdaLN modulation (DESIGN.md §3): ``h = rmsnorm(x) * (1 + scale) + shift`` and the gated
+"""AdaLN modulation (docs/DESIGN.md §3): ``h = rmsnorm(x) * (1 + scale) + shift`` and the gated
 residual ``x + (1 + gate) * y``; shift/scale/gate are [B, H], broadcast over the L positions.
 
 With shift = scale = gate = 0 both are exactly the unmodulated ops (``h * 1 + 0 == h`` in IEEE
