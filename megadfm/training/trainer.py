@@ -192,8 +192,7 @@ class Trainer:
         return state
 
     def _drop_update(self) -> None:
-        """Zero the gradients and the LR for this step (AdamW then leaves the weights unchanged; its
-        moments decay by one step as if the gradient had been zero)."""
+        """A dropped update, as megadfm/training/callbacks/step_policy.py describes it: gradients and LR zeroed."""
         from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
 
         for p in self.module.parameters():

@@ -24,7 +24,7 @@ def noisy_series(n: int, seed: int, decay: float = 1.5):
 
 
 # the median/MAD default copes with a decaying loss; the EMA/EMV option is tested on a flat one (the EMA's
-# lag behind a trend inflates its variance, documented in spike_detector.py)
+# lag behind a trend inflates its variance, documented in megadfm/training/telemetry/spikes.py)
 @pytest.mark.parametrize("method,decay", [("mad", 1.5), ("ema", 0.0)])
 def test_detector_finds_injected_spikes_and_nothing_else(method, decay):
     for seed in range(3):
