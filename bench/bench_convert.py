@@ -105,8 +105,9 @@ def write_source(folder: str, shard_size: str) -> int:
     """The synthetic Qwen3-1.7B HF folder, one tensor in memory at a time; returns the weight bytes."""
     import torch
 
-    from megadfm.conversion.name_map import backbone_names, model_config_from_hf
-    from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, parse_size
+    from megadfm.checkpoints.safetensors_io import ShardedSafetensorsWriter, TensorSpec, parse_size
+    from megadfm.conversion.hf_config import model_config_from_hf
+    from megadfm.conversion.name_map import backbone_names
 
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:

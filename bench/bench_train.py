@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,12 +59,6 @@ RUN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cp
 # ---------------------------------------------------------------------------------------------------
 # orchestrator
 # ---------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_config(size: str, stage: int, run_dir: str, steps: int, seq_len: int, micro_batch: int) -> Dict:
     import yaml
 
@@ -123,6 +116,9 @@ def read_tps(jsonl: str, warmup: int) -> Optional[Dict]:
 
 def bench_one(kind: str, size: str, stage: int, args, work: str) -> Optional[Dict]:
     import yaml
+
+    sys.path.insert(0, REPO)
+    from megadfm.training.distributed import free_port
 
     tag = f"{kind}_{size}_z{stage}"
     run_dir = os.path.join(work, tag)

@@ -20,8 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megadfm.data.qwen_tokenizer_build import (  # noqa: E402
-    ADDED_TOKENS, QWEN3_TOKENIZER_JSON_SHA256, TokenizerBuildError, build_tokenizer_json, fetch_tiktoken, sha256_file)
+    ADDED_TOKENS, QWEN3_TOKENIZER_JSON_SHA256, TokenizerBuildError, build_tokenizer_json, fetch_tiktoken)
 from megadfm.data.tokenizer import MASK_TOKEN  # noqa: E402
+from megadfm.io_utils import sha256_file  # noqa: E402
 from megadfm.model.config import MASK_TOKEN_ID  # noqa: E402
 
 MANIFEST = "megadfm_tokenizer.json"

@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megadfm.conversion.cli import check_size_flag, run_main, setup_logging  # noqa: E402
+from megadfm.conversion.cli import parse_output_args, run_tool  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,23 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Seed of the time MLP's normal init. Default: 0.")
     p.add_argument("--max-shard-size", default="5GB",
                    help="Largest output weight file (e.g. 5GB, 500MB, 2GiB); bigger models are sharded with an index. Default: 5GB.")
-    p.add_argument("--force", action="store_true", help="Replace --out if it exists (only after the new folder is complete).")
-    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
-    args = p.parse_args(argv)
-    check_size_flag(p, "--max-shard-size", args.max_shard_size)
-    return args
+    return parse_output_args(p, argv)  # + --force, --no-progress
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
     from megadfm.conversion.hf_import import convert_hf_to_megadfm
 
-    return run_main(lambda: convert_hf_to_megadfm(
-        args.hf, args.out, time_conditioning=args.time_conditioning, tokenizer=args.tokenizer,
-        mask_token_id=args.mask_token_id, mask_row=args.mask_row, time_embedding_dim=args.time_embedding_dim,
-        seed=args.seed, max_shard_size=args.max_shard_size, force=args.force,
-        progress=not args.no_progress and sys.stderr.isatty()), "convert_hf_to_megadfm")
+    return run_tool("convert_hf_to_megadfm", convert_hf_to_megadfm, args, hf_dir=args.hf, out_dir=args.out,
+                    time_conditioning=args.time_conditioning, tokenizer=args.tokenizer, mask_token_id=args.mask_token_id,
+                    mask_row=args.mask_row, time_embedding_dim=args.time_embedding_dim, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
     python tools/convert_megadfm_to_hf.py --ckpt artifacts/init/qwen3_1p7b --out OUT --as-qwen3
 
 --ckpt is a run directory, its checkpoints/ directory or one step_XXXXXXXX/ directory (a DeepSpeed
-checkpoint of any ZeRO stage 0-3 and any world size; the step is --step, else the one 'latest'
-names), or a megadfm init folder (tools/convert_hf_to_megadfm.py). Writes:
+checkpoint of any ZeRO stage 0-3 and any world size; the step is --step, else the newest
+complete one), or a megadfm init folder (tools/convert_hf_to_megadfm.py). Writes:
 
   config.json                  model_type megadfm_qwen3 with auto_map -> the modeling code below
   configuration_megadfm.py, modeling_megadfm.py   self-contained (torch + transformers only)
@@ -38,14 +38,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megadfm.conversion.cli import check_size_flag, run_main, setup_logging  # noqa: E402
+from megadfm.conversion.cli import parse_output_args, run_tool  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, metavar="DIR",
                    help="Run directory, its checkpoints/ directory, a step_XXXXXXXX/ directory, or a megadfm init folder.")
-    p.add_argument("--step", type=int, default=None, help="Checkpoint step to export (default: the one 'latest' names).")
+    p.add_argument("--step", type=int, default=None, help="Checkpoint step to export (default: the newest complete one).")
     p.add_argument("--out", required=True, metavar="DIR", help="Output HF folder (must not exist unless --force).")
     p.add_argument("--as-qwen3", action="store_true",
                    help="Export the backbone as a plain Qwen3ForCausalLM; refused when the time conditioning is trained.")
@@ -56,22 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "float32 for an fp32 run (DeepSpeed's fp32 master weights), the stored dtype for an init folder.")
     p.add_argument("--tokenizer", metavar="DIR", default=None,
                    help="Local HF tokenizer folder (default: the run config's data.tokenizer, or the init folder's tokenizer/).")
-    p.add_argument("--force", action="store_true", help="Replace --out if it exists (only after the new folder is complete).")
-    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
-    args = p.parse_args(argv)
-    check_size_flag(p, "--max-shard-size", args.max_shard_size)
-    return args
+    return parse_output_args(p, argv)  # + --force, --no-progress
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging()
     from megadfm.conversion.export import export_to_hf
 
-    return run_main(lambda: export_to_hf(
-        args.ckpt, args.out, step=args.step, as_qwen3=args.as_qwen3, max_shard_size=args.max_shard_size,
-        dtype=args.dtype, tokenizer=args.tokenizer, force=args.force,
-        progress=not args.no_progress and sys.stderr.isatty()), "convert_megadfm_to_hf")
+    return run_tool("convert_megadfm_to_hf", export_to_hf, args, ckpt=args.ckpt, out_dir=args.out, step=args.step,
+                    as_qwen3=args.as_qwen3, dtype=args.dtype, tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
-"""What the two conversion tools share: logging set-up and turning known input errors into one line."""
+"""What the two conversion tools share: the output flags, logging set-up, and turning known input
+errors into one line."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable, Optional, Sequence
 
+from megadfm.checkpoints.safetensors_io import SafetensorsError
+from megadfm.checkpoints.source import SourceError
 from megadfm.config_base import ConfigError
-from megadfm.conversion.checkpoint_source import SourceError
 from megadfm.conversion.hf_folder import HFFolderError
 from megadfm.conversion.metadata import NotEnoughSpaceError, OutputExistsError
 from megadfm.conversion.name_map import ConversionError
-from megadfm.conversion.safetensors_io import SafetensorsError
 from megadfm.data.tokenizer import TokenizerError
 
 INPUT_ERRORS = (ConversionError, HFFolderError, SourceError, SafetensorsError, OutputExistsError, NotEnoughSpaceError,
@@ -24,12 +26,28 @@ def setup_logging() -> None:
 
 def check_size_flag(parser, flag: str, value: str) -> None:
     """Reject an unparseable size (e.g. --max-shard-size 5XB) at argument parsing, before any work."""
-    from megadfm.conversion.safetensors_io import parse_size
+    from megadfm.checkpoints.safetensors_io import parse_size
 
     try:
         parse_size(value)
     except ValueError as e:
         parser.error(f"{flag}: {e}")
+
+
+def parse_output_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Add the flags both tools end with (--force, --no-progress), parse, and check --max-shard-size."""
+    p.add_argument("--force", action="store_true", help="Replace --out if it exists (only after the new folder is complete).")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    args = p.parse_args(argv)
+    check_size_flag(p, "--max-shard-size", args.max_shard_size)
+    return args
+
+
+def run_tool(tool: str, convert: Callable[..., object], args: argparse.Namespace, **kwargs: Any) -> int:
+    """``convert(**kwargs)`` plus the output flags, with logging on; see :func:`run_main` for errors."""
+    setup_logging()
+    return run_main(lambda: convert(**kwargs, max_shard_size=args.max_shard_size, force=args.force,
+                                    progress=not args.no_progress and sys.stderr.isatty()), tool)
 
 
 def run_main(fn: Callable[[], object], tool: str) -> int:

@@ -29,24 +29,22 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from megadfm.checkpoints.layout import TOKENIZER_SUBDIR
+from megadfm.checkpoints.safetensors_io import TensorSpec, human_bytes, parse_size
+from megadfm.checkpoints.source import MegaDFMSource, SourceError, open_source
 from megadfm.config_base import to_dict
 from megadfm.conversion import hf_modeling
-from megadfm.conversion.checkpoint_source import MegaDFMSource, SourceError, open_source
-from megadfm.conversion.hf_import import progress_bar
-from megadfm.conversion.metadata import staged_output, write_metadata
-from megadfm.conversion.name_map import ConversionError, hf_config_from_model_config, hf_export_plan, modulation_output_names
-from megadfm.conversion.safetensors_io import ShardedSafetensorsWriter, TensorSpec, human_bytes, parse_size
+from megadfm.conversion.hf_config import hf_config_from_model_config, megadfm_config_fields
+from megadfm.conversion.metadata import staged_output, write_metadata, write_planned
+from megadfm.conversion.plan import export_tensors, hf_export_plan, refuse_trained_time_conditioning
 from megadfm.data.config import DataConfig
 from megadfm.dfm.sampler_config import SamplerConfig
+from megadfm.io_utils import sha256_file
 from megadfm.model.config import ModelConfig
 
 logger = logging.getLogger("megadfm.conversion")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_MODEL_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
-                 "attention_bias", "initializer_range", "attention_mode", "time_conditioning", "time_embedding_dim",
-                 "mask_token_id")
 
 
 def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: bool = False, max_shard_size: str = "2GB",
@@ -60,7 +58,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
     out_dtype = _resolve_dtype(dtype, src)
     tokenizer_dir = os.path.abspath(tokenizer) if tokenizer else src.tokenizer_dir
     if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
-        wanted = tokenizer or (src.run_config.data.tokenizer if src.run_config else os.path.join(src.path, "tokenizer"))
+        wanted = tokenizer or (src.run_config.data.tokenizer if src.run_config else os.path.join(src.path, TOKENIZER_SUBDIR))
         raise SourceError(f"tokenizer folder {wanted!r} (from {'--tokenizer' if tokenizer else 'the ' + src.kind}) not found; "
                           "pass --tokenizer DIR (a local HF tokenizer folder, e.g. artifacts/tokenizer/qwen3)")
     from megadfm.data.tokenizer import load_tokenizer
@@ -70,7 +68,8 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
     shapes = {n: s.shape for n, s in src.specs.items()}
     warnings: List[str] = []
     if as_qwen3:
-        _refuse_trained_time_conditioning(src, cfg)
+        refuse_trained_time_conditioning(cfg, src.read, "--as-qwen3",
+                                         "Export without --as-qwen3 (megadfm's modeling code keeps t).")
         if cfg.attention_mode == "bidirectional" and src.step:
             warnings.append(f"this model was trained with attention_mode=bidirectional for {src.step} steps; "
                             "Qwen3ForCausalLM attends causally, so the export carries the weights, not the DFM function")
@@ -85,20 +84,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
                 human_bytes(total), str(out_dtype).replace("torch.", ""))
 
     with staged_output(out_dir, force=force, needed_bytes=total) as tmp:
-        bar = progress_bar(total, progress)
-        writer = ShardedSafetensorsWriter(tmp, out_specs, max_bytes, on_bytes=bar.update)
-        try:
-            for name, tensor in src.iter_tensors():
-                if name in plan.rename:
-                    hf_name = plan.rename[name]
-                    writer.write(hf_name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor)
-                del tensor
-            sha = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
+        sha = write_planned(tmp, out_specs, max_bytes, export_tensors(plan, src.iter_tensors(), out_dtype), progress)
         config = _hf_config(cfg, src, out_dtype, as_qwen3)
         _write_json(os.path.join(tmp, "config.json"), config)
         _write_json(os.path.join(tmp, "generation_config.json"), _generation_config(cfg, src, as_qwen3))
@@ -143,25 +129,10 @@ def _resolve_dtype(dtype: str, src: MegaDFMSource) -> torch.dtype:
     return floats.pop() if len(floats) == 1 else torch.float32
 
 
-def _refuse_trained_time_conditioning(src: MegaDFMSource, cfg: ModelConfig) -> None:
-    nonzero = []
-    for name in modulation_output_names(cfg):
-        t = src.read(name).detach()
-        if bool(t.ne(0).any()):
-            nonzero.append(f"{name} (max |x| {float(t.abs().max()):.3g})")
-    if nonzero:
-        raise ConversionError(
-            f"--as-qwen3 refused: the time conditioning ({cfg.time_conditioning}) is trained, {len(nonzero)} modulation "
-            f"output(s) are non-zero, e.g. {', '.join(nonzero[:3])}. A plain Qwen3ForCausalLM has no input t, so it would "
-            "compute a different function. Export without --as-qwen3 (megadfm's modeling code keeps t).")
-
-
 def _check_tokenizer_hash(src: MegaDFMSource, tokenizer_dir: str) -> None:
     expected = (src.meta or {}).get("tokenizer_json_sha256")
     path = os.path.join(tokenizer_dir, "tokenizer.json")
     if expected and os.path.isfile(path):
-        from megadfm.conversion.metadata import sha256_file
-
         if sha256_file(path) != expected:
             logger.warning("%s differs from the tokenizer.json the run was trained with (sha256 %s in %s)", path,
                            expected[:12], src.path)
@@ -180,8 +151,8 @@ def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen
     shift = src.run_config.dfm.shift_logits if src.run_config is not None else True
     out = {"architectures": [hf_modeling.ARCHITECTURE], "model_type": hf_modeling.MODEL_TYPE,
            "auto_map": dict(hf_modeling.AUTO_MAP)}
-    out.update({k: getattr(cfg, k) for k in _MODEL_FIELDS})
-    out.update(head_dim=cfg.resolved_head_dim, shift_logits=shift, dtype=dtype_name, torch_dtype=dtype_name, **ids,
+    out.update(megadfm_config_fields(cfg))
+    out.update(shift_logits=shift, dtype=dtype_name, torch_dtype=dtype_name, **ids,
                transformers_version=transformers.__version__)
     return out
 

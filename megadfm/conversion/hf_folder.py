@@ -15,7 +15,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from megadfm.conversion.safetensors_io import INDEX_FILE, SINGLE_FILE, SafetensorsError, TensorSpec, read_header, read_tensors
+from megadfm.checkpoints.layout import WEIGHTS_FILE as SINGLE_FILE, WEIGHTS_INDEX_FILE as INDEX_FILE
+from megadfm.checkpoints.safetensors_io import SafetensorsError, TensorSpec, read_header, read_tensors
 
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"

@@ -1,39 +1,34 @@
-"""What every conversion output carries, and how it is published.
+"""What every conversion output carries, and how it is written and published.
 
 ``megadfm_conversion.json`` records the direction, the source (path, kind, step), the model config,
 the parameter count, the key report (mapped / added / dropped) and the sha256 and size of every
 other file in the folder, so a copy can be verified (:func:`verify`).
 
 Outputs are built in a hidden sibling folder and renamed onto the output name only when complete
-(:func:`staged_output`): a failure or Ctrl-C leaves nothing under the output name.
+(:func:`staged_output`): a failure or Ctrl-C leaves nothing under the output name. Weights are
+written tensor by tensor (:func:`write_planned`), with an optional progress bar.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from megadfm.checkpoints.safetensors_io import TensorSpec, write_sharded
+from megadfm.io_utils import fsync_tree, sha256_file
 
 METADATA_FILE = "megadfm_conversion.json"
 
 
 class OutputExistsError(FileExistsError):
     pass
-
-
-def sha256_file(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
 
 
 def write_metadata(folder: str, meta: Mapping[str, Any], known_sha256: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
@@ -73,16 +68,6 @@ def verify(folder: str) -> Dict[str, str]:
     return problems
 
 
-def _fsync_tree(root: str) -> None:
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames + ["."]:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 class NotEnoughSpaceError(OSError):
     pass
 
@@ -106,7 +91,7 @@ def staged_output(out_dir: str, force: bool = False, needed_bytes: int = 0) -> I
     os.makedirs(tmp)
     try:
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if os.path.lexists(out_dir):
             old = os.path.join(parent, f".{base}.replaced-{os.getpid()}")
             os.rename(out_dir, old)
@@ -117,3 +102,29 @@ def staged_output(out_dir: str, force: bool = False, needed_bytes: int = 0) -> I
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_planned(folder: str, specs: Sequence[TensorSpec], max_shard_bytes: int, tensors: Iterable[Tuple[str, torch.Tensor]],
+                  progress: bool = False) -> Dict[str, str]:
+    """Write the weights (exactly ``specs``, in order) into ``folder``; ``{file name: sha256}``."""
+    bar = _progress_bar(sum(s.nbytes for s in specs), progress)
+    try:
+        return write_sharded(folder, specs, max_shard_bytes, tensors, on_bytes=bar.update)
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="writing weights", dynamic_ncols=True)

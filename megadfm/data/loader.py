@@ -170,10 +170,3 @@ def make_train_iterator(cfg: DataConfig, rank: int, world_size: int, micro_batch
     """
     dataset = build_blended_dataset(cfg, "train", num_samples)
     return batches(dataset, rank, world_size, micro_batch_size, consumed_samples, cfg.num_workers)
-
-
-def make_valid_iterator(cfg: DataConfig, rank: int, world_size: int, micro_batch_size: int,
-                        num_samples: Optional[int] = None) -> Iterator[Dict[str, torch.Tensor]]:
-    """One pass over the valid blend (default: every valid sample once, no source repeated)."""
-    dataset = build_blended_dataset(cfg, "valid", num_samples)
-    return batches(dataset, rank, world_size, micro_batch_size, 0, cfg.num_workers)

@@ -1,4 +1,4 @@
-"""Rebuild the official Qwen3 ``tokenizer.json`` offline from ``qwen.tiktoken`` (FORMATS.md §2).
+"""Rebuild the official Qwen3 ``tokenizer.json`` offline from ``qwen.tiktoken`` (docs/FORMATS.md §2).
 
 The tiktoken file lists the 151,643 regular byte-level BPE tokens with their ranks. The HF
 tokenizer needs a vocabulary (token string -> id, where the string is the token's bytes mapped
@@ -10,7 +10,6 @@ are the merge that forms the token. Merge order = rank of the merged token.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import zipfile
 from typing import Dict, List, Tuple
+
+from megadfm.io_utils import sha256_file
 
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 QWEN3_TOKENIZER_JSON_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
@@ -43,14 +44,6 @@ ADDED_TOKENS: List[Tuple[str, bool]] = [
 
 class TokenizerBuildError(RuntimeError):
     """The tokenizer could not be built; the message names the file and what was wrong."""
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bytes_to_unicode() -> Dict[int, str]:

@@ -134,11 +134,6 @@ class Qwen3DFM(nn.Module):
         # resolve now for the device training will use, so the choice (or the error) comes first in the log
         self.kernels_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
-    @classmethod
-    def from_scratch(cls, cfg: ModelConfig, seed: int) -> "Qwen3DFM":
-        """A randomly initialized model (seeded, reproducible across machines) for training from scratch."""
-        return cls(cfg, seed=seed)
-
     # ---- initialization ------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -197,9 +192,6 @@ class Qwen3DFM(nn.Module):
         if name.startswith("layers.") or name.startswith("norm."):
             return "backbone"
         raise KeyError(f"{name!r} is not a Qwen3DFM parameter name")
-
-    def set_activation_checkpointing(self, enabled: bool) -> None:
-        self.activation_checkpointing = enabled
 
     def kernels_for(self, device: torch.device) -> KernelSet:
         """The kernel set for a device type, resolved (and logged) once per type per model."""

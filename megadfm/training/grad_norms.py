@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -165,11 +165,3 @@ def compute_grad_norms(model_or_engine, group_of: Callable[[str], str], clip: fl
     coef = clip_coefficient(total, clip)
     return GradNorms(total=total, groups=per_group, clip=float(clip), clip_coef=coef,
                      groups_post_clip={k: v * coef for k, v in per_group.items()})
-
-
-def parameter_names_by_group(names: Iterable[str], group_of: Callable[[str], str]) -> Dict[str, list]:
-    """Which parameters fall into which group (logged once at start, so a misrouted name is visible)."""
-    out: Dict[str, list] = {}
-    for name in names:
-        out.setdefault(group_of(name), []).append(name)
-    return out

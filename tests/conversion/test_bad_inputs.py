@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from megadfm.conversion.checkpoint_source import SourceError
+from megadfm.checkpoints.source import SourceError
 from megadfm.conversion.export import export_to_hf
 from megadfm.conversion.hf_folder import HFFolderError
 from megadfm.conversion.hf_import import convert_hf_to_megadfm
@@ -52,8 +52,8 @@ def test_renamed_key(tmp_path, hf_model):
     rewrite_single(src, lambda s: s.update({"model.layers.1.mlp.up_prj.weight": s.pop("model.layers.1.mlp.up_proj.weight")}))
     with pytest.raises(ConversionError) as err:
         convert_hf_to_megadfm(src, str(tmp_path / "out"))
-    assert "missing keys (1): ['model.layers.1.mlp.up_proj.weight']" in str(err.value)
-    assert "unexpected keys (1): ['model.layers.1.mlp.up_prj.weight']" in str(err.value)
+    assert "missing keys (1): model.layers.1.mlp.up_proj.weight" in str(err.value)
+    assert "unexpected keys (1): model.layers.1.mlp.up_prj.weight" in str(err.value)
     assert_nothing_written(tmp_path)
 
 

@@ -9,8 +9,9 @@ import os
 import pytest
 import torch
 
+from megadfm.checkpoints.source import SourceError, open_source
+from megadfm.checkpoints.strict_load import load_source
 from megadfm.config import load_config
-from megadfm.conversion.checkpoint_source import SourceError
 from megadfm.conversion.export import export_to_hf
 from megadfm.conversion.hf_import import convert_hf_to_megadfm
 from megadfm.conversion.metadata import METADATA_FILE, verify
@@ -60,10 +61,8 @@ def megadfm_logits(run_dir, inputs):
     if cfg.training.zero_stage == 0:  # no ZeRO partitions: the module's weights are in the model-states file
         module = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), weights_only=False)["module"]
         model.load_state_dict({k[len("model."):]: v for k, v in module.items()})
-    else:
-        from megadfm.training.init_weights import load_checkpoint_weights
-
-        load_checkpoint_weights(model, os.path.join(run_dir, "checkpoints"), f"step_{STEPS:08d}")
+    else:  # what init_from and generation read: consolidated by zero_to_fp32, loaded strictly
+        load_source(model, open_source(step_dir))
     with torch.no_grad():
         hidden = model(inputs["input_ids"], t=inputs["t"], attention_mask=inputs["attention_mask"])
         return model.logits(hidden), hidden, model
@@ -121,6 +120,6 @@ def test_as_qwen3_without_time_conditioning_and_bad_step(trained, tmp_path):
 
     _, info = Qwen3ForCausalLM.from_pretrained(str(tmp_path / "q3"), output_loading_info=True)
     assert not any(info.values()), info
-    with pytest.raises(SourceError, match=r"no complete checkpoint for step 7; available steps: \[2\]"):
+    with pytest.raises(SourceError, match=r"no complete checkpoint for step 7; complete steps: \[2\]"):
         export_to_hf(trained["zero0"], str(tmp_path / "bad"), step=7)
     assert not os.path.lexists(tmp_path / "bad")

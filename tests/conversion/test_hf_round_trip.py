@@ -10,13 +10,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from megadfm.checkpoints.layout import WEIGHTS_INDEX_FILE as INDEX_FILE
+from megadfm.checkpoints.source import open_source
+from megadfm.checkpoints.strict_load import load_source
 from megadfm.config_base import build
 from megadfm.conversion.export import export_to_hf
 from megadfm.conversion.hf_import import convert_hf_to_megadfm
 from megadfm.conversion.metadata import METADATA_FILE, verify
 from megadfm.model import ModelConfig, Qwen3DFM
-from megadfm.conversion.checkpoint_source import open_source
-from megadfm.training.init_weights import INDEX_FILE, load_into_model
 from tests.conversion.helpers import QWEN_MASK, save_hf_folder, tiny_hf_model, tool
 
 
@@ -24,8 +25,7 @@ def load_init(folder, **overrides):
     with open(os.path.join(folder, "megadfm_model.yaml")) as f:
         cfg = build(ModelConfig, dict(yaml.safe_load(f), kernels="torch", **overrides))
     model = Qwen3DFM(cfg, seed=7).eval()
-    source = open_source(folder)  # what training.init_from reads (strict)
-    load_into_model(model, source.iter_tensors(), source.path, {n: tuple(sp.shape) for n, sp in source.specs.items()})
+    load_source(model, open_source(folder))  # what training.init_from reads (strict)
     return model
 
 

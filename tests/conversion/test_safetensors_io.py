@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from megadfm.conversion.metadata import sha256_file
-from megadfm.conversion.safetensors_io import (INDEX_FILE, SafetensorsError, ShardedSafetensorsWriter, TensorSpec, parse_size,
-                                               read_tensors)
+from megadfm.checkpoints.layout import WEIGHTS_INDEX_FILE as INDEX_FILE
+from megadfm.checkpoints.safetensors_io import SafetensorsError, ShardedSafetensorsWriter, TensorSpec, parse_size, read_tensors
+from megadfm.io_utils import sha256_file
 
 
 def tensors():

@@ -11,7 +11,7 @@ import torch
 
 from megadfm.data.config import BlendSource, DataConfig
 from megadfm.data.indexed import IndexedDataset
-from megadfm.data.loader import RankBatches, build_blended_dataset, make_train_iterator, make_valid_iterator
+from megadfm.data.loader import RankBatches, batches as rank_batches, build_blended_dataset, make_train_iterator
 from megadfm.data.packing import DataError, PackedDataset, split_ranges
 
 EOD = 151643
@@ -154,7 +154,7 @@ def test_valid_iterator_is_one_pass_over_the_valid_split(stdlib_corpus, tmp_path
     cfg = config(prefix, tmp_path)
     ix = IndexedDataset(prefix)
     a, b = split_ranges(ix.num_documents, cfg.split)[1]
-    batches = list(make_valid_iterator(cfg, 0, 1, 1))
+    batches = list(rank_batches(build_blended_dataset(cfg, "valid"), 0, 1, 1))  # what the trainer validates on
     tokens = sum(int(batch["loss_mask"].sum()) for batch in batches)
     assert tokens == int(ix.document_lengths()[a:b].sum())
     docs = {int(d) for batch in batches for d in batch["input_ids"][batch["loss_mask"]].unique()}

@@ -38,7 +38,8 @@ def _direct_first_step_loss(cfg_path: str, hf_dir: str) -> float:
     from transformers import Qwen3ForCausalLM
 
     from megadfm.config import load_config
-    from megadfm.conversion.name_map import hf_to_megadfm_state_dict
+    from megadfm.checkpoints.strict_load import load_state_dict
+    from megadfm.conversion import hf_to_megadfm_state_dict
     from megadfm.data.loader import make_train_iterator
     from megadfm.dfm.loss import dfm_loss
     from megadfm.dfm.schedulers import make_scheduler
@@ -48,11 +49,8 @@ def _direct_first_step_loss(cfg_path: str, hf_dir: str) -> float:
     cfg = load_config(cfg_path)
     hf = Qwen3ForCausalLM.from_pretrained(hf_dir, local_files_only=True)
     model = Qwen3DFM(cfg.model, seed=cfg.training.seed)
-    sd, _ = hf_to_megadfm_state_dict(hf.state_dict(), cfg.model)
-    result = model.load_state_dict(sd, strict=False)
-    assert not result.unexpected_keys and all(k.startswith(("time_embedding", "layers.")) and ".adaln" in k or
-                                              k.startswith("time_embedding") for k in result.missing_keys)
-    # time conditioning is zero at its modulation outputs, so the time MLP's own init cannot matter
+    sd, _ = hf_to_megadfm_state_dict(hf.state_dict(), cfg.model)  # the plan the tool applied, in memory
+    load_state_dict(model, sd, hf_dir)  # strict: time conditioning added as the tool adds it (zero modulation)
     scheduler = make_scheduler(cfg.dfm)
     batch = next(make_train_iterator(cfg.data, 0, 1, cfg.training.micro_batch_size, 0,
                                      num_samples=cfg.training.train_steps * cfg.training.micro_batch_size))

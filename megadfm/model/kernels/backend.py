@@ -1,4 +1,4 @@
-"""Kernel backend selection: `kernels: auto | torch | fused` (ModelConfig.kernels, DESIGN.md §4).
+"""Kernel backend selection: `kernels: auto | torch | fused` (ModelConfig.kernels, docs/DESIGN.md §4).
 
 Every op has a plain-PyTorch reference and an optional fused implementation with the same
 signature, each in its own file of this package. This module resolves one implementation per op
@@ -80,10 +80,6 @@ class KernelSet:
     linear_cross_entropy: Callable
     chosen: Mapping[str, str] = field(default_factory=dict)
     reasons: Mapping[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return "; ".join(f"{op}={self.chosen[op]} ({self.reasons[op]})" for op in self.chosen)
-
 
 def _ops() -> List[Tuple[str, object]]:
     from megadfm.model.kernels import adaln, attention, linear_cross_entropy, rmsnorm, rotary

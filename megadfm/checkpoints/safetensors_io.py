@@ -10,7 +10,7 @@ File format (https://github.com/huggingface/safetensors): an 8-byte little-endia
 a JSON header ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`` padded
 with spaces to a multiple of 8, then the tensor bytes. Shards follow transformers' naming
 (``model-00001-of-00003.safetensors`` + ``model.safetensors.index.json``); one shard is written as
-``model.safetensors``.
+``model.safetensors`` (the names of megadfm/checkpoints/layout.py).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import math
 import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+from megadfm.checkpoints.layout import WEIGHTS_FILE, WEIGHTS_INDEX_FILE
 
 DTYPES: Mapping[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -50,10 +50,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
 
 # ---- sizes -------------------------------------------------------------------------------------
@@ -162,7 +159,7 @@ def plan_shards(specs: Sequence[TensorSpec], max_shard_bytes: int) -> List[List[
 
 
 def shard_file_names(n: int) -> List[str]:
-    return [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    return [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 
 class ShardedSafetensorsWriter:
@@ -259,7 +256,7 @@ class ShardedSafetensorsWriter:
         self._hasher.shutdown()
         if len(self.files) > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in self.specs)}, "weight_map": self.weight_map}
-            with open(os.path.join(self.folder, INDEX_FILE), "w") as f:
+            with open(os.path.join(self.folder, WEIGHTS_INDEX_FILE), "w") as f:
                 json.dump(index, f, indent=2, sort_keys=True)
                 f.write("\n")
         return dict(self.sha256)
@@ -270,3 +267,18 @@ class ShardedSafetensorsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def write_sharded(folder: str, specs: Sequence[TensorSpec], max_shard_bytes: int,
+                  tensors: Iterable[Tuple[str, torch.Tensor]], on_bytes: Optional[Callable[[int], None]] = None) -> Dict[str, str]:
+    """Write ``tensors`` (exactly ``specs``, in order) into ``folder``; returns ``{file name: sha256}``.
+    On any error the open file is closed and the error re-raised (the caller removes the folder)."""
+    writer = ShardedSafetensorsWriter(folder, specs, max_shard_bytes, on_bytes=on_bytes)
+    try:
+        for name, tensor in tensors:
+            writer.write(name, tensor)
+            del tensor  # at most one tensor alive: the next one is read only after this one is written
+        return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
