@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from megadfm.checkpoints.source import SourceError, open_source
-from megadfm.checkpoints.strict_load import load_source
+from megadfm.checkpoints.strict_load import load_source, load_state_dict
 from megadfm.config import load_config
 from megadfm.conversion.export import export_to_hf
 from megadfm.conversion.hf_import import convert_hf_to_megadfm
@@ -59,8 +59,9 @@ def megadfm_logits(run_dir, inputs):
     cfg = load_config(os.path.join(step_dir, "config.yaml"), ["model.kernels=torch"])
     model = Qwen3DFM(cfg.model).eval()
     if cfg.training.zero_stage == 0:  # no ZeRO partitions: the module's weights are in the model-states file
-        module = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), weights_only=False)["module"]
-        model.load_state_dict({k[len("model."):]: v for k, v in module.items()})
+        path = os.path.join(step_dir, "mp_rank_00_model_states.pt")
+        module = torch.load(path, weights_only=False)["module"]
+        load_state_dict(model, {k[len("model."):]: v for k, v in module.items()}, path)
     else:  # what init_from and generation read: consolidated by zero_to_fp32, loaded strictly
         load_source(model, open_source(step_dir))
     with torch.no_grad():

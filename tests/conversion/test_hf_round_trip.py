@@ -135,3 +135,20 @@ def test_help_explains_every_flag(capsys):
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert all(f in out for f in flags), out
+
+
+def test_in_memory_conversion_is_the_tools_plan(tmp_path):
+    """hf_to_megadfm_state_dict applies the tool's plan: the same tensors as the init folder, bit for bit."""
+    from megadfm.conversion import hf_to_megadfm_state_dict, model_config_from_hf
+
+    hf = tiny_hf_model(seed=5)
+    src = save_hf_folder(hf, str(tmp_path / "hf"), "single")
+    meta = convert_hf_to_megadfm(src, str(tmp_path / "init"), time_conditioning="adaln", time_embedding_dim=32, seed=3)
+    cfg = model_config_from_hf(hf.config.to_dict(), time_conditioning="adaln", time_embedding_dim=32)
+    before = hf.model.embed_tokens.weight.detach().clone()
+    sd, report = hf_to_megadfm_state_dict(hf.state_dict(), cfg, seed=3)
+    assert torch.equal(hf.model.embed_tokens.weight, before)  # the caller's state dict is not modified
+    on_disk = load_file(str(tmp_path / "init" / "model.safetensors"))
+    assert set(sd) == set(on_disk) and all(torch.equal(sd[k], on_disk[k]) for k in sd)
+    assert list(report.pop("dropped")) == ["lm_head.weight"]  # the tied alias, in the state dict but not in the saved folder
+    assert report == {k: v for k, v in meta["report"].items() if k != "dropped"}
