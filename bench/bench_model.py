@@ -37,6 +37,7 @@ def main() -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from megadfm.checkpoints.strict_load import load_state_dict
     from megadfm.conversion import hf_to_megadfm_state_dict, model_config_from_hf
     from megadfm.model import Qwen3DFM
 
@@ -54,7 +55,7 @@ def main() -> None:
         cfg = model_config_from_hf(hf_cfg.to_dict(), mask_token_id=mask_id, kernels="torch", attention_mode=mode,
                                    loss_chunk_size=4096)
         m = Qwen3DFM(cfg, seed=0)
-        m.load_backbone_state_dict(hf_to_megadfm_state_dict(hf.state_dict(), cfg)[0])
+        load_state_dict(m, hf_to_megadfm_state_dict(hf.state_dict(), cfg)[0], "the in-memory conversion of the HF model")
         models[mode] = m.train()
 
     B, L = args.batch, args.seq

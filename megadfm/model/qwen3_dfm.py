@@ -18,7 +18,7 @@ Parameter names are HF Qwen3's minus ``model.`` (see megadfm/conversion/name_map
 from __future__ import annotations
 
 import logging
-from typing import Dict, Mapping, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -161,16 +161,6 @@ class Qwen3DFM(nn.Module):
         row never affects an output and receives exactly zero gradient.
         """
         mask_embedding_init_(self.embed_tokens.weight, self.cfg.mask_token_id)
-
-    def load_backbone_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a converted Qwen3 state dict; only time-conditioning parameters may be absent (they keep
-        their zero init, so the model equals the checkpoint). Anything else missing or unexpected is an error."""
-        own = self.state_dict(keep_vars=True)
-        missing = sorted(k for k in own if k not in state_dict and self.parameter_group(k) != "time_conditioning")
-        unexpected = sorted(k for k in state_dict if k not in own)
-        if missing or unexpected:  # checked before loading anything, so a bad dict leaves the model untouched
-            raise KeyError(f"state dict does not match Qwen3DFM: missing {missing}, unexpected {unexpected}")
-        self.load_state_dict(state_dict, strict=False)  # shape mismatches still raise here
 
     # ---- bookkeeping ---------------------------------------------------------------------------
 

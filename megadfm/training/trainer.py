@@ -119,13 +119,13 @@ class Trainer:
             logger.info("initialisation: from scratch (seed %d)", tcfg.seed)
         else:
             from megadfm.checkpoints.source import open_source
-            from megadfm.checkpoints.strict_load import check_architecture, load_into_model
+            from megadfm.checkpoints.strict_load import check_architecture, load_source
 
-            source = open_source(src)  # an init folder, a run dir, its checkpoints/ or one step_XXXXXXXX/
-            what = "megadfm init folder" if source.kind == "init_folder" else f"megadfm checkpoint (step {source.step})"
+            source = open_source(src)  # an init folder, a model folder, a run dir, its checkpoints/ or one step dir
+            what = f"megadfm checkpoint (step {source.step})" if source.step is not None else f"megadfm {source.kind}"
             logger.info("initialisation: %s %s", what, source.path)
             check_architecture(source.model_config, mcfg, source.path)
-            load_into_model(model, source.iter_tensors(), source.path, {n: tuple(sp.shape) for n, sp in source.specs.items()})
+            load_source(model, source)
         from megadfm.checkpoints.strict_load import fingerprint
 
         fp = fingerprint(model)
