@@ -122,7 +122,8 @@ class Trainer:
             from megadfm.checkpoints.strict_load import check_architecture, load_source
 
             source = open_source(src)  # an init folder, a model folder, a run dir, its checkpoints/ or one step dir
-            what = f"megadfm checkpoint (step {source.step})" if source.step is not None else f"megadfm {source.kind}"
+            what = (f"megadfm checkpoint (step {source.step})" if source.step is not None
+                    else {"init_folder": "megadfm init folder", "model_dir": "megadfm model folder"}[source.kind])
             logger.info("initialisation: %s %s", what, source.path)
             check_architecture(source.model_config, mcfg, source.path)
             load_source(model, source)
