@@ -75,3 +75,14 @@ def stdlib_python_files(limit: int | None = None, max_bytes: int = 200_000) -> l
 @pytest.fixture(scope="session")
 def stdlib_files():
     return stdlib_python_files()
+
+
+@pytest.fixture(scope="session")
+def stdlib_prefix(tmp_path_factory, tokenizer_dir) -> str:
+    """80 top-level modules of the CPython standard library as an indexed dataset (~0.3 M tokens)."""
+    out = tmp_path_factory.mktemp("corpus")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", stdlib, "--glob", "*.py",
+                    "--tokenizer", tokenizer_dir, "--append-eod", "--output-prefix", str(out / "stdlib"),
+                    "--max-documents", "80", "--workers", "1", "--no-progress"], check=True, capture_output=True)
+    return str(out / "stdlib_text_document")
