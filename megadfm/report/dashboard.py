@@ -5,9 +5,10 @@ package files under megadfm/report/static/, read at render time and inlined; the
 JSON (every ``<``, ``>``, ``&`` and ``://`` escaped); the charts are SVG strings built by the inline
 script. The script only builds strings and DOM nodes and loads nothing: keep static/ free of URL-looking
 text, or the page stops being self-contained. The page names every bucket by its mask-ratio range and
-its t range. Opened with ``#png`` in the URL, the page also rasterizes each chart (``data-png``
-containers) to a PNG data URL in ``<pre class="png-out">`` elements, which tools/loss_dashboard.py
---png collects through headless Chromium's --dump-dom.
+its t range. Its Evaluation panel charts every ``eval/<task>/<metric>`` key of the ``kind: eval``
+records, with the ``_stderr`` sibling as error bars. Opened with ``#png`` in the URL, the page also
+rasterizes each chart (``data-png`` containers) to a PNG data URL in ``<pre class="png-out">``
+elements, which tools/loss_dashboard.py --png collects through headless Chromium's --dump-dom.
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ def _columns(records: List[dict], max_points: int, keep_steps: set) -> Dict[str,
     return {"steps": [int(r["step"]) for r in records], "cols": cols}
 
 
+def _eval_columns(records: List[dict], max_points: int) -> Dict[str, Any]:
+    """_columns of the eval records, plus a column of nulls for every eval/ key that is never a number.
+
+    _columns keeps only numeric keys; an eval key that is always null (a likelihood task has no NFE, a
+    score whose stderr is unknown) must still reach the page, which lists it as n/a and reads a
+    ``_stderr`` sibling as the mark of a score (a fraction).
+    """
+    out = _columns(records, max_points, set())
+    for key in sorted({k for r in records for k in r if k.startswith("eval/")} - set(out["cols"])):
+        out["cols"][key] = [None] * len(out["steps"])
+    return out
+
+
 def build_payload(run: Dict[str, Any], title: str, max_points: int = 3000, max_sequences: int = 2000) -> Dict[str, Any]:
     spike_steps = {int(e["step"]) for e in run["spikes"] if isinstance(e.get("step"), (int, float))}
     spikes = []
@@ -52,7 +66,8 @@ def build_payload(run: Dict[str, Any], title: str, max_points: int = 3000, max_s
         spikes.append(e)
     return {"title": title, "run_dir": run["run_dir"], "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "meta": run["meta"],
             "train": _columns(run["train"], max_points, spike_steps), "val": _columns(run["val"], max_points, set()),
-            "spikes": spikes, "notes": run["notes"]}
+            # a run dict built before evaluation existed (no "eval" entry) renders with an empty panel
+            "eval": _eval_columns(run.get("eval", []), max_points), "spikes": spikes, "notes": run["notes"]}
 
 
 def _embed_json(obj: Any) -> str:

@@ -54,7 +54,7 @@ def _last_per_step(records: List[dict]) -> List[dict]:
 
 
 def load_run(run_dir: str) -> Dict[str, Any]:
-    """meta, train and val records, spike events and notes of one run directory."""
+    """meta, train, val and eval records, spike events and notes of one run directory."""
     tdir = telemetry_dir(run_dir)
     if not os.path.isdir(tdir):
         raise FileNotFoundError(f"{run_dir}: no telemetry folder (expected {tdir} with metrics.jsonl, written by megadfm's Telemetry)")
@@ -74,7 +74,9 @@ def load_run(run_dir: str) -> Dict[str, Any]:
     notes += n1 + n2
     train = _last_per_step([r for r in records if r.get("kind", "train") == "train"])
     val = _last_per_step([r for r in records if r.get("kind") == "val"])
+    # evaluation during training (EvaluationCallback) appends kind "eval" records with eval/<task>/<metric> keys
+    evals = _last_per_step([r for r in records if r.get("kind") == "eval"])
     if not meta.get("buckets"):
         names = sorted({k.split("/")[1] for r in train[-1:] for k in r if k.startswith("train/bucket_") and k.count("/") == 2})
         meta["buckets"] = [{"index": i, "name": n, "label": n, "mask_ratio": [None, None], "t": [None, None]} for i, n in enumerate(names)]
-    return {"run_dir": os.path.abspath(run_dir), "meta": meta, "train": train, "val": val, "spikes": spikes, "notes": notes}
+    return {"run_dir": os.path.abspath(run_dir), "meta": meta, "train": train, "val": val, "eval": evals, "spikes": spikes, "notes": notes}

@@ -73,7 +73,28 @@ function spikeMarkers() {
   });
 }
 
-// opt: {title, series: [{name, color, xs, ys, dash, width}], ylog, hlines: [{y, label, color}], markers, yLabel}
+// The y range a point needs: its value, and its interval [lo, hi] when the series has error bars
+// (a log chart drops a non-positive lower bound, which it cannot draw).
+function pointExtent(s, i, ylog) {
+  var y = s.ys[i], lo = s.lo ? s.lo[i] : y, hi = s.hi ? s.hi[i] : y;
+  return [ok(lo) && (!ylog || lo > 0) ? Math.min(lo, y) : y, ok(hi) ? Math.max(hi, y) : y];
+}
+// Vertical error bars with caps, for series with lo/hi arrays (evaluation scores and their stderr).
+function errorBars(ser, X, Y, inPlot, ylog) {
+  if (!ser.lo || !ser.hi) return "";
+  var out = "";
+  for (var i = 0; i < ser.ys.length; i++) {
+    var lo = ser.lo[i], hi = ser.hi[i];
+    if (!inPlot(i) || !ok(lo) || !ok(hi) || (ylog && lo <= 0)) continue;
+    var x = X(ser.xs[i]), y0 = Y(lo).toFixed(1), y1 = Y(hi).toFixed(1);
+    out += '<path class="error-bar" d="M' + x.toFixed(1) + " " + y0 + "V" + y1 + "M" + (x - 3).toFixed(1) + " " + y0 + "h6M" +
+           (x - 3).toFixed(1) + " " + y1 + 'h6" stroke="' + ser.color + '" stroke-opacity="0.6" stroke-width="1.2" fill="none"/>';
+  }
+  return out;
+}
+
+// opt: {title, series: [{name, color, xs, ys, dash, width, points, lo, hi}], ylog, hlines: [{y, label, color}], markers, yLabel,
+//       zero, yClamp: [lo, hi] (linear charts), width, height, legendCols}
 function lineChart(id, opt) {
   var el = document.getElementById(id);
   var hidden = HIDDEN[id] || (HIDDEN[id] = {});
@@ -86,7 +107,8 @@ function lineChart(id, opt) {
   series.forEach(function (s) {
     for (var i = 0; i < s.ys.length; i++) {
       var y = s.ys[i]; if (!ok(y) || (opt.ylog && y <= 0)) continue;
-      xmin = Math.min(xmin, s.xs[i]); xmax = Math.max(xmax, s.xs[i]); ymin = Math.min(ymin, y); ymax = Math.max(ymax, y);
+      var ext = pointExtent(s, i, opt.ylog);
+      xmin = Math.min(xmin, s.xs[i]); xmax = Math.max(xmax, s.xs[i]); ymin = Math.min(ymin, ext[0]); ymax = Math.max(ymax, ext[1]);
     }
   });
   (opt.hlines || []).forEach(function (h) { if (ok(h.y) && (!opt.ylog || h.y > 0)) { ymin = Math.min(ymin, h.y); ymax = Math.max(ymax, h.y); } });
@@ -94,6 +116,8 @@ function lineChart(id, opt) {
   if (xmax === xmin) xmax = xmin + 1;
   if (opt.ylog) { ymin /= 1.25; ymax *= 1.25; }
   else { var pad = (ymax - ymin) * 0.06 || Math.abs(ymax) * 0.1 || 1; ymin -= pad; ymax += pad; if (opt.zero && ymin > 0) ymin = 0; }
+  // a bounded quantity (a score in %) keeps its padding inside its bounds: no negative-percent ticks
+  if (opt.yClamp) { ymin = Math.max(ymin, opt.yClamp[0]); ymax = Math.min(ymax, opt.yClamp[1]); }
   var pw = W - M.l - M.r;
   function X(x) { return M.l + (x - xmin) / (xmax - xmin) * pw; }
   function Y(y) {
@@ -134,6 +158,7 @@ function lineChart(id, opt) {
     }
     s += '<path d="' + d + '" fill="none" stroke="' + ser.color + '" stroke-width="' + (ser.width || 1.5) + '"' +
          (ser.dash ? ' stroke-dasharray="' + ser.dash + '"' : "") + ' stroke-linejoin="round"/>' + dots;
+    s += errorBars(ser, X, Y, function (i) { return ok(ser.ys[i]) && ser.xs[i] >= xmin && ser.xs[i] <= xmax; }, opt.ylog);
   });
   (opt.markers || []).forEach(function (m) {
     if (m.x < xmin || m.x > xmax) return;
@@ -164,6 +189,7 @@ function lineChart(id, opt) {
       var i = nearest(ser.xs, x); if (i < 0) return;
       if (step === null) step = ser.xs[i];
       lines.push('<span class="swatch" style="background:' + ser.color + '"></span>' + esc(ser.name) + ": <b>" + fmt(ser.ys[i]) + "</b>" +
+                 (ser.lo && ok(ser.lo[i]) && ok(ser.hi[i]) ? " [" + fmt(ser.lo[i]) + ", " + fmt(ser.hi[i]) + "]" : "") +
                  (ser.xs[i] !== step ? " (step " + ser.xs[i] + ")" : ""));
     });
     if (step !== null) { hl.setAttribute("x1", X(step)); hl.setAttribute("x2", X(step)); hl.setAttribute("visibility", "visible"); }
@@ -385,6 +411,92 @@ function render() {
       return ['<span class="swatch" style="background:' + bucketColor(i, BUCKETS.length) + '"></span>', esc(b.name), rangeText(b.mask_ratio), rangeText(b.t),
               c("loss"), c("ce"), c("mean_weight")];
     }));
+  evaluationPanel();
+}
+
+// Evaluation panel (kind "eval" records): one small chart per eval/<task>/<metric>, its _stderr sibling as
+// error bars, the latest value as text, and a table of the latest values with each task's NFE and tokens/s.
+var EVAL_TEXT_ONLY = {nfe: "NFE", tokens_per_s: "tokens/s"};  // generation cost, not a score: text only, no chart
+var EVAL_CHARTS = 0;
+
+function isStderrKey(E, key) { return /_stderr$/.test(key) && (key.slice(0, -7) in E.cols); }
+function lastIndex(ys) { for (var i = ys.length - 1; i >= 0; i--) if (ok(ys[i])) return i; return -1; }
+
+// The task and metric names are not known in advance: they are read off the eval/<task>/<metric> keys.
+function evalMetrics(E) {
+  var out = [];
+  Object.keys(E.cols || {}).sort().forEach(function (key) {
+    var m = /^eval\/([^\/]+)\/(.+)$/.exec(key);
+    if (!m || EVAL_TEXT_ONLY[m[2]] || isStderrKey(E, key)) return;
+    var ys = E.cols[key], err = E.cols[key + "_stderr"] || null;
+    // Scores (exact match, parses, pass@k) carry a stderr and are fractions; likelihood numbers
+    // (NELBO per token, perplexity bound) carry none and are plain numbers.
+    var fraction = err !== null && ys.every(function (v) { return !ok(v) || (v >= 0 && v <= 1); });
+    out.push({task: m[1], metric: m[2], ys: ys, err: err, fraction: fraction, last: lastIndex(ys)});
+  });
+  return out;
+}
+
+// "3.0 ± 2.0 %" for a fraction, "5.1" or "5.1 ± 0.2" otherwise; i is a record index of the eval table.
+function evalValueText(m, i) {
+  if (i < 0 || !ok(m.ys[i])) return "n/a";
+  var v = m.ys[i], e = m.err ? m.err[i] : null;
+  if (m.fraction) return (100 * v).toFixed(1) + (ok(e) ? " \u00b1 " + (100 * e).toFixed(1) : "") + " %";
+  return fmt(v) + (ok(e) ? " \u00b1 " + fmt(e) : "");
+}
+function evalTaskText(E, task, name, i) { var c = col(E, "eval/" + task + "/" + name); return i >= 0 && c ? fmt(c[i]) : "n/a"; }
+
+// tools/loss_dashboard.py --png collects ids matching png-[a-z_]+: other characters become "_".
+function evalPngName(m, used) {
+  var name = "eval_" + (m.task + "_" + m.metric).toLowerCase().replace(/[^a-z_]/g, "_");
+  while (used[name]) name += "_";
+  used[name] = true;
+  return name;
+}
+
+// A fraction is charted in percent, its interval clipped to [0, 100] (a score cannot leave it).
+function evalSeries(E, m, color) {
+  var scale = m.fraction ? 100 : 1, lo = [], hi = [];
+  m.ys.forEach(function (v, i) {
+    var e = m.err ? m.err[i] : null, a = ok(v) && ok(e) ? v - e : null, b = ok(v) && ok(e) ? v + e : null;
+    if (m.fraction && a !== null) { a = Math.max(0, a); b = Math.min(1, b); }
+    lo.push(a === null ? null : a * scale); hi.push(b === null ? null : b * scale);
+  });
+  return {name: m.metric + (m.err ? " (bars: \u00b1 stderr)" : ""), color: color, xs: E.steps, points: true, width: 1.5,
+          ys: m.ys.map(function (v) { return ok(v) ? v * scale : null; }), lo: m.err ? lo : null, hi: m.err ? hi : null};
+}
+
+function evalTable(E, metrics) {
+  return table(["task", "metric", "latest", "step", "NFE", "tokens/s"], metrics.map(function (m) {
+    return [esc(m.task), esc(m.metric), evalValueText(m, m.last), m.last >= 0 ? String(E.steps[m.last]) : "n/a",
+            evalTaskText(E, m.task, "nfe", m.last), evalTaskText(E, m.task, "tokens_per_s", m.last)];
+  }));
+}
+
+function evalCharts(E, metrics) {
+  var charted = metrics.filter(function (m) { return m.last >= 0; }), used = {}, tasks = [];
+  metrics.forEach(function (m) { if (tasks.indexOf(m.task) < 0) tasks.push(m.task); });
+  document.getElementById("eval-charts").innerHTML = charted.map(function (m, j) {
+    return '<div class="eval-item"><div class="eval-latest"><b>' + esc(m.task) + " " + esc(m.metric) + " " + evalValueText(m, m.last) +
+           "</b> <small>(step " + E.steps[m.last] + ")</small></div>" +
+           '<div id="chart-eval-' + j + '" class="chart" data-png="' + evalPngName(m, used) + '"></div></div>';
+  }).join("");
+  charted.forEach(function (m, j) {
+    var color = PALETTE[tasks.indexOf(m.task) % PALETTE.length];
+    var drawn = lineChart("chart-eval-" + j, {title: m.task + " " + m.metric + (m.fraction ? " (%)" : ""), series: [evalSeries(E, m, color)],
+                                              width: 460, height: 160, legendCols: 1, zero: m.fraction, yLabel: m.fraction ? "%" : "",
+                                              yClamp: m.fraction ? [0, 100] : null});
+    if (drawn) EVAL_CHARTS += 1;
+  });
+}
+
+function evaluationPanel() {
+  var E = RUN.eval || {steps: [], cols: {}}, latest = document.getElementById("eval-latest");
+  if (!E.steps.length) { latest.innerHTML = '<div class="empty">no evaluation records: set eval.interval</div>'; return; }
+  var metrics = evalMetrics(E);
+  if (!metrics.length) { latest.innerHTML = '<div class="empty">evaluation records hold no eval/&lt;task&gt;/&lt;metric&gt; scores</div>'; return; }
+  latest.innerHTML = evalTable(E, metrics);
+  evalCharts(E, metrics);
 }
 
 function exportPngs(done) {
@@ -409,7 +521,7 @@ function exportPngs(done) {
 try { render(); } catch (err) { ERRORS.push(String(err && err.stack || err)); }
 if (ERRORS.length) markErrors();
 else {
-  var okText = "RENDER_OK charts=" + CHARTS + " spikes=" + RUN.spikes.length + " steps=" + RUN.train.steps.length;
+  var okText = "RENDER_OK charts=" + CHARTS + " spikes=" + RUN.spikes.length + " steps=" + RUN.train.steps.length + " eval_charts=" + EVAL_CHARTS;
   if (PNG_MODE) exportPngs(function () { if (!ERRORS.length) document.getElementById("selfcheck").textContent = okText + " png=done"; });
   else { document.getElementById("selfcheck").textContent = okText; document.body.setAttribute("data-render", "ok"); }
 }
