@@ -18,17 +18,19 @@ Parameter names are HF Qwen3's minus ``model.`` (see megadfm/conversion/name_map
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from megadfm.model import block_forward
 from megadfm.model.config import ModelConfig
 from megadfm.model.kernels import KernelSet, select_kernels
 from megadfm.model.kernels.attention import AttentionLayout
 from megadfm.model.kernels.rotary import rotary_cos_sin
+from megadfm.model.kv_cache import KVCache, Positions
 from megadfm.model.param_init import Embedding, Linear, ParamInit
 from megadfm.model.time_conditioning import AdaLNProjection, AdaLNTable, TimeEmbedding, make_block_adaln
 
@@ -232,6 +234,21 @@ class Qwen3DFM(nn.Module):
             raise ValueError(f"t must have shape [B] = [{batch_size}], got {tuple(t.shape)}")
         c = self.time_embedding(t)
         return self.adaln_single(c) if self.adaln_single is not None else c
+
+    # ---- block-wise forward with a K/V cache (sampling; block_forward.py, kv_cache.py) ----------
+
+    def forward_with_cache(self, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None,
+                           attention_mask: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                           cache_positions: Optional[Positions] = None) -> Tuple[torch.Tensor, KVCache]:
+        """Full forward -> (hidden [B, L, H], KVCache of ``cache_positions``, default all). One document per row.
+        See :func:`megadfm.model.block_forward.forward_with_cache`."""
+        return block_forward.forward_with_cache(self, input_ids, t, attention_mask, cu_seqlens, cache_positions)
+
+    def forward_block(self, input_ids: torch.Tensor, t: Optional[torch.Tensor], positions: Positions, cache: KVCache,
+                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """hidden [B, Lb, H] of input_ids [B, Lb] at ``positions`` [Lb], attending to the cached K/V of the
+        other positions (an approximation once they are stale). See :func:`megadfm.model.block_forward.forward_block`."""
+        return block_forward.forward_block(self, input_ids, t, positions, cache, attention_mask)
 
     # ---- head and loss -------------------------------------------------------------------------
 

@@ -145,3 +145,36 @@ def fused(device_type: str) -> Impl:
         return out.view(B, L, Hq, D)
 
     return Impl("flash-attn varlen", {"attention": attention_flash, "varlen": True})
+
+
+# ---- a query subset over given keys (block-wise KV caching; megadfm/model/block_forward.py) ------------
+# Torch reference only: the block path is for sampling, where the query block is short; a fused
+# (flash-attn with a KV cache) path can come later with the same signatures.
+
+
+def query_key_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, key_valid: Optional[torch.Tensor],
+                   causal: bool) -> Optional[torch.Tensor]:
+    """Who-sees-whom for queries at ``query_positions`` [Lq] over keys at ``key_positions`` [Lk].
+
+    Positions are absolute columns of one row (the same for every row of the batch). Query p sees
+    key q iff the key is valid (``key_valid`` [B, Lk], False on padding; None: all valid) and, when
+    causal, q <= p. As in :class:`AttentionLayout`, a query always sees its own position's key, so a
+    padding query's softmax row is never all -inf; that key must be among the keys (each position
+    at most once). Returns bool [B or 1, 1, Lq, Lk], or None when every query sees every key.
+    """
+    if key_valid is None and not causal:
+        return None
+    same = key_positions[None, :] == query_positions[:, None]  # [Lq, Lk]
+    allowed = torch.ones_like(same)[None] if key_valid is None else key_valid.to(torch.bool)[:, None, :]
+    if causal:
+        allowed = allowed & (key_positions[None, :] <= query_positions[:, None])[None]
+    return (allowed | same[None])[:, None]
+
+
+def attention_over_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """q [B, Hq, Lq, D] over k/v [B, Hkv, Lk, D] (GQA as :func:`attention_torch`: query head h uses kv head
+    h // (Hq / Hkv)) under ``mask`` from :func:`query_key_mask` -> [B, Lq, Hq, D]."""
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    return out.transpose(1, 2)
