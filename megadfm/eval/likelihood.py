@@ -158,4 +158,4 @@ def ar_nll(hf_causal_lm: torch.nn.Module, batches: Iterable[Dict[str, torch.Tens
     if tokens == 0:
         raise ValueError("ar_nll: the batches have no scored token")
     nll = float(total) / tokens
-    return {"task": "likelihood_ar", "nll_per_token": nll, "ppl": math.exp(nll), "tokens": tokens}
+    return {"task": "likelihood", "nll_per_token": nll, "ppl": math.exp(nll), "tokens": tokens}
