@@ -23,9 +23,10 @@ from megadfm.dfm.config import DFMConfig
 from megadfm.model.config import ModelConfig
 from megadfm.training.config import CheckpointConfig, TrainingConfig
 from megadfm.training.telemetry.config import TelemetryConfig
+from megadfm.eval.config import EvalConfig
 
 __all__ = [
-    "BlendSource", "CheckpointConfig", "ConfigError", "DataConfig", "DFMConfig", "MegaDFMConfig", "ModelConfig",
+    "BlendSource", "CheckpointConfig", "ConfigError", "DataConfig", "DFMConfig", "EvalConfig", "MegaDFMConfig", "ModelConfig",
     "TelemetryConfig", "TrainingConfig", "describe", "dump_config", "load_config", "parse_overrides",
 ]
 
@@ -40,6 +41,7 @@ class MegaDFMConfig:
     training: TrainingConfig = doc(help="Optimiser, schedule, batch sizes, DeepSpeed engine.", factory=TrainingConfig)
     telemetry: TelemetryConfig = doc(help="Per-mask-ratio-bucket loss telemetry, spike detection, sinks.", factory=TelemetryConfig)
     checkpoint: CheckpointConfig = doc(help="Checkpoint interval, retention and resume.", factory=CheckpointConfig)
+    eval: EvalConfig = doc(help="Evaluation during training: which tasks, how often, which pinned sampler.", factory=EvalConfig)
 
     def __post_init__(self) -> None:
         require(self.data.seq_len <= self.model.max_position_embeddings, "data.seq_len",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import DFMLossOutput, dfm_loss
+from megadfm.dfm.loss import dfm_loss
 from megadfm.dfm.schedulers import Scheduler
 
 

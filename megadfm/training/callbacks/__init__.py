@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, List
 
 from megadfm.training.callbacks.base import Callback, CallbackList, MicroBatch, StepState
 from megadfm.training.callbacks.checkpointing import CheckpointCallback
+from megadfm.training.callbacks.evaluation import EvaluationCallback
 from megadfm.training.callbacks.step_log import StepLogCallback
 from megadfm.training.callbacks.step_policy import StepPolicyCallback
 from megadfm.training.callbacks.telemetry import TelemetryCallback
@@ -31,5 +32,5 @@ def default_callbacks(trainer: "Trainer") -> List[Callback]:
                                  StepPolicyCallback(cfg.training.nonfinite_policy)]
     if cfg.training.step_log:
         callbacks.append(StepLogCallback())
-    callbacks += [ValidationCallback(trainer), CheckpointCallback(cfg.checkpoint.save_interval)]
+    callbacks += [ValidationCallback(trainer), EvaluationCallback(trainer), CheckpointCallback(cfg.checkpoint.save_interval)]
     return callbacks

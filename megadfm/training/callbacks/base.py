@@ -17,7 +17,7 @@ One step, and where each hook runs::
     pre_optim_step(trainer, state)    # may set state.skip_update / state.abort / state.stop
     optimizer step (a skipped update zeroes the gradients and the LR)
     post_step(trainer, state)
-    on_validation(trainer, step, record)   # after a validation pass (called by the validation callback)
+    on_validation(trainer, step, record)   # after a validation or evaluation pass (kind "val" or "eval")
     pre_checkpoint_publish(trainer, step, directory)   # every file written, nothing published yet
     on_train_end(trainer, status)          # "done" | "paused" | "stopped"
     close(trainer)
