@@ -22,12 +22,13 @@ export WANDB_MODE ?= offline
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install tokenizer demo test bench clean help
+.PHONY: install tokenizer demo eval-demo test bench clean help
 
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - run the CPU benchmarks in bench/ (prints ratios against baselines)"
+	@echo "make eval-demo - evaluate the demo model (HumanEval, infill, likelihood) next to an AR baseline"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,9 @@ tokenizer: $(TOKENIZER)/tokenizer.json
 
 demo: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/demo.sh
+
+eval-demo: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/eval_demo.sh
 
 test: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests
