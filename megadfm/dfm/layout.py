@@ -2,7 +2,9 @@
 
 Row b is ``prompt_b + [mask] * n_b + suffix_b`` followed by right padding, one document per row.
 Prompts, suffixes and the number of new tokens n_b may differ across rows (``max_new_tokens`` is
-one int for all rows or one per row).
+one int for all rows or one per row). Each row is its own ``cu_seqlens`` segment, so rows never
+attend to one another and a sampler may run the model on any subset of rows
+(:meth:`GenerationLayout.rows_batch`): that is how a row that has finished stops costing compute.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ class GenerationLayout:
         """long [B, L]: column minus the row's first new column (0 at the first new position)."""
         cols = torch.arange(self.generate.shape[1], device=self.gen_start.device)
         return cols[None, :] - self.gen_start[:, None]
+
+    def rows_batch(self, rows: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """position_ids, cu_seqlens and max_seqlen of the sub-batch of ``rows`` (sorted distinct row indices).
+
+        cu_seqlens is rebuilt from the rows' segment starts (every row start is one), so the
+        sub-batch satisfies the batch contract of megadfm/data/batch.py on its own.
+        """
+        bsz, seq_len = self.generate.shape
+        if rows.numel() == bsz:  # sorted and distinct: all rows, the batch as built
+            return {k: self.batch[k] for k in ("position_ids", "cu_seqlens", "max_seqlen")}
+        starts = self.segment_start.index_select(0, rows).reshape(-1).nonzero(as_tuple=True)[0]
+        end = torch.tensor([rows.numel() * seq_len], dtype=starts.dtype, device=starts.device)
+        cu = torch.cat([starts, end]).to(self.batch["cu_seqlens"].dtype)
+        return {"position_ids": self.batch["position_ids"].index_select(0, rows), "cu_seqlens": cu,
+                "max_seqlen": int((cu[1:] - cu[:-1]).max())}
 
 
 def build_layout(prompts: Sequence[Sequence[int]], max_new_tokens: Union[int, Sequence[int]], mask_token_id: int,

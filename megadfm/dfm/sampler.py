@@ -4,7 +4,13 @@ Every method integrates from t = 0 (every new position masked) to t = 1 (clean) 
 a prompt or suffix position: only the new positions of
 :class:`~megadfm.dfm.layout.GenerationLayout` are ever written. The methods are registered, one
 file each, in megadfm/dfm/sampling/ (``euler``: the exact-rate Euler DFM solver; ``confidence``:
-confidence-based unmasking, optionally in semi-AR blocks); docs/FORMATS.md §4 has the mathematics.
+confidence-based unmasking, optionally in semi-AR blocks; ``threshold``: Fast-dLLM's
+confidence-threshold parallel decoding in blocks); docs/FORMATS.md §4 has the mathematics.
+
+Every method reaches the model through one forward object (megadfm/dfm/sampling/forward.py),
+built here: the seam where a KV cache will plug in. A row that has decoded an EOS (and everything
+before it) stops being run. The result's throughput counts new tokens only (prompt, suffix, EOS
+and what follows it excluded) and splits forward passes into full-sequence and block-only ones.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from megadfm.dfm.config import DFMConfig
 from megadfm.dfm.layout import GenerationLayout, build_layout
 from megadfm.dfm.sampler_config import SampleResult, SamplerConfig
 from megadfm.dfm.sampling import SAMPLER_METHODS
+from megadfm.dfm.sampling.context import SamplingContext
+from megadfm.dfm.sampling.forward import FullSequenceForward
 from megadfm.dfm.sampling.steps import time_grid
 from megadfm.dfm.schedulers import Scheduler, make_scheduler
 from megadfm.tokens import PAD_TOKEN_ID
@@ -57,15 +65,19 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     layout = build_layout(prompts, max_new_tokens, mask_id, pad_token_id, dfm.shift_logits, suffixes, device)
     x = _initial_state(layout, dfm, mask_id, generator)
 
+    ctx = SamplingContext(model, x, layout, cfg, dfm, scheduler, mask_id, generator,
+                          forward=FullSequenceForward(model, layout, dfm.shift_logits))
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    evals = method(model, x, layout, cfg, dfm, scheduler, mask_id, generator)
+    method(ctx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
 
     # Only an early EOS stop leaves masks (after the EOS); they become EOS so no mask is returned.
+    decoded = int((layout.generate & (x != mask_id)).sum())
     fill = cfg.eos_token_id if cfg.eos_token_id is not None else pad_token_id
     x = torch.where(layout.generate & (x == mask_id), torch.full_like(x, fill), x)
     tokens, finished = [], []
@@ -75,6 +87,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
         ended = cfg.eos_token_id is not None and cfg.eos_token_id in row
         tokens.append(row[: row.index(cfg.eos_token_id)] if ended else row)
         finished.append(ended)
-    new_tokens = int(layout.new_tokens.sum())
-    return SampleResult(tokens=tokens, sequences=x.cpu(), finished=finished, steps=evals, model_evals=evals,
-                        new_tokens=new_tokens, seconds=seconds, tokens_per_second=new_tokens / max(seconds, 1e-9))
+    new_tokens = sum(len(row) for row in tokens)
+    counts = ctx.forward.counts
+    return SampleResult(tokens=tokens, sequences=x.cpu(), finished=finished, steps=ctx.steps, nfe_full=counts.nfe_full,
+                        nfe_block=counts.nfe_block, forward_rows=counts.rows, new_tokens=new_tokens,
+                        decoded_positions=decoded, seconds=seconds, tokens_per_second=new_tokens / max(seconds, 1e-9))

@@ -15,6 +15,8 @@ from megadfm.config_base import check_choices, doc, require
 from megadfm.dfm.sampling import SAMPLER_METHODS
 from megadfm.tokens import ENDOFTEXT_TOKEN_ID
 
+BLOCK_METHODS = ("confidence", "threshold")  # the methods that decode in semi-autoregressive blocks
+
 
 @dataclass
 class SamplerConfig:
@@ -23,13 +25,24 @@ class SamplerConfig:
     method: str = doc(
         "euler", "A method of megadfm/dfm/sampling/. euler: the exact-rate Euler DFM solver (random unmasking, "
         "(k(t+h)-k(t))/(1-k(t)) per step); confidence: unmask the k most confident positions per step (optionally in "
-        "semi-AR blocks).", choices=SAMPLER_METHODS)
-    steps: int = doc(32, "Solver steps from t = 0 to 1 (per generation; split over blocks in semi-AR mode).")
+        "semi-AR blocks); threshold: unmask every position of the block whose confidence passes `threshold` "
+        "(Fast-dLLM's parallel decoding), at least one per step.", choices=SAMPLER_METHODS)
+    steps: int = doc(32, "euler: solver steps from t = 0 to 1. confidence: steps per generation, split evenly over "
+                         "each row's blocks. threshold: an UPPER BOUND per block (a block stops once it has no mask "
+                         "left; its steps-th evaluation unmasks whatever remains).")
     time_grid: Literal["uniform", "scheduler"] = doc(
         "uniform", "uniform: t_k = k/steps; scheduler: uniform in kappa (each step unmasks the same expected number).")
     confidence: Literal["probability", "margin", "entropy"] = doc(
         "probability", "Confidence score of the confidence sampler: p(token), top1 - top2 margin, or negative entropy.")
-    block_length: int = doc(0, "Confidence sampler only: semi-autoregressive blocks of this many new tokens, left to right; 0 = one block.")
+    block_length: int = doc(0, "confidence and threshold methods: semi-autoregressive blocks of this many new tokens, "
+                               "left to right; 0 = one block.")
+    threshold: float = doc(0.9, "threshold method, threshold_mode fixed: unmask every masked position of the block whose "
+                                "confidence is >= this, in [0, 1] (probability: p(token); margin: p1 - p2; entropy: "
+                                "exp(-H)). 1 unmasks one position per step, 0 the whole block at once.")
+    threshold_mode: Literal["fixed", "factor"] = doc(
+        "fixed", "threshold method: fixed (confidence >= threshold) or factor (Fast-dLLM: the largest n with "
+        "(m + 1)(1 - c_m) <= threshold_factor for every m <= n, c_m the m-th highest confidence).")
+    threshold_factor: float = doc(1.0, "threshold method, threshold_mode factor: the factor f (> 0; larger unmasks more per step).")
     temperature: float = doc(1.0, "Softmax temperature; 0 is greedy (argmax).")
     top_k: int = doc(0, "Keep the k most likely tokens (0 = off).")
     top_p: float = doc(1.0, "Nucleus sampling mass (1 = off).")
@@ -40,8 +53,13 @@ class SamplerConfig:
         check_choices(self)
         require(self.steps > 0, "steps", f"must be positive, got {self.steps}")
         require(self.block_length >= 0, "block_length", f"must be >= 0, got {self.block_length}")
-        require(self.method == "confidence" or self.block_length == 0, "block_length",
-                "semi-autoregressive blocks are a confidence-sampler option (set method: confidence)")
+        require(self.method in BLOCK_METHODS or self.block_length == 0, "block_length",
+                f"semi-autoregressive blocks are an option of the {' and '.join(BLOCK_METHODS)} methods, "
+                f"not of method {self.method!r}")
+        require(0.0 <= self.threshold <= 1.0, "threshold", f"must be in [0, 1], got {self.threshold}")
+        require(self.threshold_mode in ("fixed", "factor"), "threshold_mode",
+                f"must be fixed or factor, got {self.threshold_mode!r}")
+        require(self.threshold_factor > 0, "threshold_factor", f"must be > 0, got {self.threshold_factor}")
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         require(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
@@ -49,17 +67,27 @@ class SamplerConfig:
 
 @dataclass
 class SampleResult:
-    """What :func:`megadfm.dfm.sampler.generate` returns."""
+    """What :func:`megadfm.dfm.sampler.generate` returns. Throughput counts new tokens only."""
 
     tokens: List[List[int]]  # new tokens per row (the middle for infill), cut before the first EOS
     sequences: torch.Tensor  # [B, L] final rows: prompt + new tokens + suffix, right padding; never a mask
     finished: List[bool]  # row produced an EOS
     steps: int  # solver steps that evaluated the model
-    model_evals: int  # forward passes of the model
-    new_tokens: int  # positions decoded: sum of max_new_tokens over rows
+    nfe_full: int  # forward passes over whole rows
+    nfe_block: int  # forward passes over only a block's positions (KV-cache sampling; 0 without a cache)
+    forward_rows: int  # rows passed to the model, summed over forward passes (rows stopped at EOS drop out)
+    new_tokens: int  # sum of len(tokens): prompt, suffix, the EOS and everything after it excluded
+    decoded_positions: int  # new positions the sampler decoded (<= the sum of budgets: an EOS stop skips the rest)
     seconds: float  # wall time of the decoding loop
     tokens_per_second: float  # new_tokens / seconds
 
+    @property
+    def model_evals(self) -> int:
+        """All forward passes, nfe_full + nfe_block (the name older callers read)."""
+        return self.nfe_full + self.nfe_block
+
     def summary(self) -> dict:
-        return {"steps": self.steps, "model_evals": self.model_evals, "new_tokens": self.new_tokens,
-                "seconds": round(self.seconds, 4), "tokens_per_second": round(self.tokens_per_second, 2)}
+        return {"steps": self.steps, "model_evals": self.model_evals, "nfe_full": self.nfe_full,
+                "nfe_block": self.nfe_block, "forward_rows": self.forward_rows, "new_tokens": self.new_tokens,
+                "decoded_positions": self.decoded_positions, "seconds": round(self.seconds, 4),
+                "tokens_per_second": round(self.tokens_per_second, 2)}

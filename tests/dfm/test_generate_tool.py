@@ -1,4 +1,4 @@
-"""tools/generate.py: --help, loading a model folder, infill and batch generation, --json output."""
+"""tools/generate.py: --help, loading a model folder, infill and batch generation, --json and --batch-file output."""
 
 import json
 import os
@@ -51,12 +51,50 @@ def test_generate_json_batch_and_infill(model_dir, qwen_tokenizer, capsys, no_ne
                                "--no-stop-at-eos", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["model_evals"] == 3 and out["new_tokens"] == 12 and out["tokens_per_second"] > 0
+    assert out["model_evals"] == out["nfe_full"] == 3 and out["nfe_block"] == 0
+    assert out["new_tokens"] == 12 and out["tokens_per_second"] > 0
     assert [r["prompt"] for r in out["results"]] == ["def add(a, b):\n", "x ="]
     for row in out["results"]:
-        assert len(row["tokens"]) == 6 and 151669 not in row["tokens"]
+        assert len(row["tokens"]) == row["new_tokens"] == 6 and 151669 not in row["tokens"]
         assert row["completion"] == qwen_tokenizer.decode(row["tokens"])
     # plain text output
     code = generate_tool.main(["--model-dir", model_dir, "--prompt", "import os", "--max-new-tokens", "4", "--steps", "2"])
     text = capsys.readouterr().out
-    assert code == 0 and text.startswith("=== [0] ===\nimport os") and "model evaluations" in text
+    assert code == 0 and text.startswith("=== [0] ===\nimport os") and "new tokens/s" in text and "full + 0 block" in text
+
+
+def test_batch_file_with_threshold(model_dir, qwen_tokenizer, tmp_path, capsys, no_network):
+    """--batch-file: ragged prompts, per-row budgets and suffixes, JSONL out in input order, totals on stderr."""
+    requests = [{"prompt": "def add(a, b):\n"}, {"prompt": "x =", "suffix": "\n", "max_new_tokens": 3},
+                {"prompt": "import os\nimport sys\n", "max_new_tokens": 9}]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests) + "\n")
+    out_path = tmp_path / "out.jsonl"
+    code = generate_tool.main(["--model-dir", model_dir, "--batch-file", str(path), "--batch-size", "2",
+                               "--max-new-tokens", "5", "--method", "threshold", "--threshold", "0.5",
+                               "--threshold-mode", "factor", "--threshold-factor", "2", "--block-length", "4",
+                               "--steps", "4", "--temperature", "0", "--no-stop-at-eos", "--output", str(out_path)])
+    assert code == 0
+    rows = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in requests]
+    assert [r["new_tokens"] for r in rows] == [5, 3, 9] and [r["max_new_tokens"] for r in rows] == [5, 3, 9]
+    assert rows[1]["suffix"] == "\n" and rows[0]["suffix"] is None
+    for r in rows:
+        assert r["completion"] == qwen_tokenizer.decode(r["tokens"]) and len(r["tokens"]) == r["new_tokens"]
+    err = capsys.readouterr().err
+    assert "17 new tokens" in err and "3 rows, threshold" in err
+
+
+@pytest.mark.parametrize("line, message", [('{"prompt": 3}', "'prompt' must be a string"),
+                                           ('{"prompt": "a", "max_new_tokens": 0}', "'max_new_tokens' must be a positive"),
+                                           ('{"prompt": "a", "extra": 1}', "unknown field"), ("[1]", "JSON object")])
+def test_batch_file_errors_name_the_line_and_field(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok"}\n' + line + "\n")
+    with pytest.raises(SystemExit, match=f"bad.jsonl:2: .*{message}"):
+        generate_tool.read_batch_file(str(path), 4)
+
+
+def test_prompt_or_batch_file(model_dir):
+    with pytest.raises(SystemExit, match="--prompt .* or --batch-file"):
+        generate_tool.main(["--model-dir", model_dir])

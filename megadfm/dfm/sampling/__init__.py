@@ -8,6 +8,7 @@ function (contract: :mod:`megadfm.dfm.sampling.registry`) plus its import line b
 # Imported for their registration; the order is the order --help and errors list them in.
 from megadfm.dfm.sampling import euler  # noqa: F401  isort: skip
 from megadfm.dfm.sampling import confidence  # noqa: F401  isort: skip
+from megadfm.dfm.sampling import threshold  # noqa: F401  isort: skip
 from megadfm.dfm.sampling.registry import SAMPLER_METHODS
 
 __all__ = ["SAMPLER_METHODS"]

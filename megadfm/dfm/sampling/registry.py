@@ -1,16 +1,19 @@
 """The registry of sampler methods (``SamplerConfig.method``) and the contract a method follows.
 
-A method decodes the new positions of a batch in place and returns how many model evaluations
-it made::
+A method decodes the new positions of a batch in place, through one
+:class:`~megadfm.dfm.sampling.context.SamplingContext`, and returns nothing::
 
     @SAMPLER_METHODS.register("name")
-    def name(model, x, layout, cfg, dfm, scheduler, mask_id, generator) -> int
+    def name(ctx) -> None
 
-- ``x`` [B, L]: the current state (prompt, new positions, suffix, padding); write only where
-  ``layout.generate`` is True and leave no ``mask_id`` there (except after an EOS stop:
-  :func:`megadfm.dfm.sampler.generate` fills those with EOS).
-- ``cfg``: the SamplerConfig; ``dfm``: the training run's DFMConfig (source, shift); ``scheduler``:
-  its kappa(t); ``generator``: every random draw.
+- ``ctx.x`` [B, L]: the current state (prompt, new positions, suffix, padding); write only where
+  ``ctx.layout.generate`` is True and leave no ``ctx.mask_id`` there, except in rows retired by
+  ``ctx.settle_rows()`` after an EOS (:func:`megadfm.dfm.sampler.generate` fills those with EOS).
+- Run the model only through ``ctx.forward`` (``steps.predict_tokens`` or ``blocks.block_step``):
+  it is the seam a KV cache plugs into and it counts the evaluations (``nfe_full``, ``nfe_block``,
+  rows); count each step that evaluated the model in ``ctx.steps``; run only ``ctx.active`` rows.
+- ``ctx.cfg``: the SamplerConfig; ``ctx.dfm``: the training run's DFMConfig (source, shift);
+  ``ctx.scheduler``: its kappa(t); ``ctx.generator``: every random draw.
 - A method that only makes sense for some configs raises ValueError at its start.
 
 Kept apart from the methods so that they can import it without importing one another.

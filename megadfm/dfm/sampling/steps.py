@@ -1,7 +1,8 @@
 """What every sampler method shares: the time grid and one decoding step (docs/FORMATS.md §4).
 
-Hidden states are picked by :func:`megadfm.dfm.shift.gather_predictions`, the same function the
-loss uses, so sampling reads the model's outputs exactly as training scored them.
+Hidden states come from the context's forward (megadfm/dfm/sampling/forward.py), which picks them
+with :func:`megadfm.dfm.shift.gather_predictions`, the same function the loss uses, so sampling
+reads the model's outputs exactly as training scored them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 
-from megadfm.dfm.layout import GenerationLayout
 from megadfm.dfm.logits_processing import confidence_scores, sample_from_logits
+from megadfm.dfm.sampling.context import SamplingContext
+from megadfm.dfm.sampling.forward import Block
 from megadfm.dfm.schedulers import Scheduler
-from megadfm.dfm.shift import gather_predictions
 
 if TYPE_CHECKING:  # sampler_config imports the methods (for its allowed values), so not at run time
     from megadfm.dfm.sampler_config import SamplerConfig
@@ -36,32 +37,43 @@ LOGITS_BUDGET = 1 << 24
 LOGITS_BUDGET // vocab rows, so a large batch x block never materializes [N, 151936] logits."""
 
 
-def predict_tokens(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, layout: GenerationLayout,
-                   targets: torch.Tensor, shift: bool, cfg: SamplerConfig, generator: torch.Generator,
+def predict_tokens(ctx: SamplingContext, rows: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, block: Block,
                    confidence: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Draw a token for every ``targets`` [B, L] position of ``x`` at times ``t`` [B].
+    """Draw a token for every ``targets`` position (bool [R, L] over ``ctx.x[rows]``) at times ``t`` [R].
 
-    Returns (flat target indices [N], tokens [N], confidence scores [N] or None). One model forward;
-    the head, the filters and the draw run in chunks (:data:`LOGITS_BUDGET`). Ids above the mask
-    are Qwen3's never-trained padding rows (docs/DESIGN.md §3) and, like the mask, are never drawn.
+    Returns (flat target indices [N] into the [R * L] sub-batch, tokens [N], confidence scores [N]
+    or None). One model evaluation through ``ctx.forward`` (the cache seam, ``block`` is passed on);
+    the head, the filters and the draw run in chunks (:data:`LOGITS_BUDGET`).
     """
-    batch = layout.batch
-    hidden = model(x, t=t, position_ids=batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"])
-    hidden_sel, target = gather_predictions(hidden, targets, layout.segment_start, shift)
+    hidden_sel, target = ctx.forward.hidden_for(ctx.x, rows, t, targets, block)
+    token, score = draw_tokens(ctx.model, hidden_sel, ctx.cfg, ctx.generator, confidence)
+    return target, token, score
+
+
+def draw_tokens(model: torch.nn.Module, hidden: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator,
+                confidence: Optional[str] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Tokens [N] (and confidence scores [N] if ``confidence``) drawn from the head on ``hidden`` [N, H].
+
+    Ids above the mask are Qwen3's never-trained padding rows (docs/DESIGN.md §3) and, like the
+    mask, are never drawn.
+    """
     chunk = max(1, LOGITS_BUDGET // model.cfg.vocab_size)
     tokens, scores = [], []
-    for lo in range(0, hidden_sel.shape[0], chunk):
-        logits = model.logits(hidden_sel[lo: lo + chunk]).float()
+    for lo in range(0, hidden.shape[0], chunk):
+        logits = model.logits(hidden[lo: lo + chunk]).float()
         logits[:, model.cfg.mask_token_id + 1:] = float("-inf")
         drawn, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         tokens.append(drawn)
         if confidence is not None:
             scores.append(confidence_scores(probs, drawn, confidence))
-    token = torch.cat(tokens) if tokens else target.new_zeros(0)
-    score = (torch.cat(scores) if scores else hidden_sel.new_zeros(0)) if confidence is not None else None
-    return target, token, score
+    token = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long, device=hidden.device)
+    if confidence is None:
+        return token, None
+    return token, torch.cat(scores) if scores else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def write_tokens(x: torch.Tensor, flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
-    """Write ``tokens`` into ``x`` at flat positions ``flat_index`` (in place)."""
-    x.view(-1).index_copy_(0, flat_index, tokens.to(x.dtype))
+def write_rows(ctx: SamplingContext, rows: torch.Tensor, flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Write ``tokens`` at flat positions ``flat_index`` of the [R * L] sub-batch ``ctx.x[rows]`` (in place)."""
+    sub = ctx.x.index_select(0, rows)
+    sub.view(-1).index_copy_(0, flat_index, tokens.to(sub.dtype))
+    ctx.x.index_copy_(0, rows, sub)
