@@ -76,9 +76,15 @@ class WandbSink:
 
         self._wandb = wandb
         os.makedirs(run_dir, exist_ok=True)
-        self.run = wandb.init(project=project, name=name, dir=run_dir, mode=mode, config=json_safe(config or {}),
-                              settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True, x_disable_machine_info=True,
-                                                      disable_git=True, save_code=False, x_save_requirements=False))
+        if mode == "offline":
+            _silence_wandb_telemetry()
+        settings = wandb.Settings(mode=mode, console="off", quiet=True, x_disable_stats=True, x_disable_machine_info=True,
+                                  disable_git=True, save_code=False, x_save_requirements=False)
+        # wandb's own usage telemetry (an OpenTelemetry exporter thread) is built from the process-wide wandb.setup()
+        # settings, not from init's: with only init(mode="offline") it still resolves and POSTs to the W&B host
+        # (10 s timeout) at the first export / at exit. Setting the mode at setup() too turns that exporter off.
+        wandb.setup(settings=settings)
+        self.run = wandb.init(project=project, name=name, dir=run_dir, mode=mode, config=json_safe(config or {}), settings=settings)
         self._last_step = -1
 
     def write(self, record: Dict[str, Any]) -> None:
@@ -94,6 +100,16 @@ class WandbSink:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def _silence_wandb_telemetry() -> None:
+    """An offline run reports nothing to W&B: error reporting off in this process and in the wandb-core service.
+
+    WANDB_ERROR_REPORTING=false makes wandb's Python telemetry recorder a no-op and starts wandb-core with
+    --no-observability (its own error/usage reporting). It is an environment variable because that is the only
+    switch wandb-core reads; the service is started by wandb.init, after this.
+    """
+    os.environ["WANDB_ERROR_REPORTING"] = "false"
 
 
 class TensorBoardSink:
