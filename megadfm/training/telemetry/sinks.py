@@ -106,8 +106,8 @@ def _silence_wandb_telemetry() -> None:
     """An offline run reports nothing to W&B: error reporting off in this process and in the wandb-core service.
 
     WANDB_ERROR_REPORTING=false makes wandb's Python telemetry recorder a no-op and starts wandb-core with
-    --no-observability (its own error/usage reporting). It is an environment variable because that is the only
-    switch wandb-core reads; the service is started by wandb.init, after this.
+    --no-observability (its own error/usage reporting). It is an environment variable because wandb derives that
+    flag from it alone, when wandb.init starts the service (after this).
     """
     os.environ["WANDB_ERROR_REPORTING"] = "false"
 
