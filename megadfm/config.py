@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from megadfm.io_utils import write_text_atomic
-from megadfm.config_base import ConfigError, build, describe, doc, require, to_dict
+from megadfm.config_base import ConfigError, build, describe, doc, load_yaml_unique, require, to_dict
 from megadfm.data.config import BlendSource, DataConfig
 from megadfm.dfm.config import DFMConfig
 from megadfm.model.config import ModelConfig
@@ -52,10 +52,12 @@ class MegaDFMConfig:
                 f"{self.data.pad_token_id} is outside the vocabulary [0, {self.model.vocab_size})")
 
 
-def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any, flag: str) -> None:
+def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any, flag: str, origins: Dict[str, str]) -> None:
     parts = dotted.split(".")
     node = tree
     for i, part in enumerate(parts[:-1]):
+        if part not in node:  # a section the flag created (maybe a typo): its errors belong to the flag, not the file
+            origins[".".join(parts[: i + 1])] = flag
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(".".join(parts[: i + 1]), "is not a section, cannot set a sub-key", flag)
@@ -99,7 +101,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Me
             raise ConfigError("<file>", f"config file not found: {path}", str(path))
         with open(path, encoding="utf-8") as f:
             try:
-                loaded = yaml.safe_load(f)
+                loaded = load_yaml_unique(f, str(path))
             except yaml.YAMLError as e:
                 raise ConfigError("<file>", f"not valid YAML: {e}", str(path)) from None
         if loaded is None:
@@ -109,7 +111,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Me
         tree = loaded
         _origins_of(tree, "", source, origins)
     for key, value, flag in parse_overrides(overrides):
-        _set_dotted(tree, key, value, flag)
+        _set_dotted(tree, key, value, flag, origins)
         origins[key] = flag
         _origins_of(value, key, flag, origins)
     return build(MegaDFMConfig, tree, "", origins, source)

@@ -21,6 +21,8 @@ import types
 import typing
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+import yaml
+
 from megadfm.registry import Registry
 
 Choices = Union[Registry, Sequence[Registry]]
@@ -40,6 +42,41 @@ class ConfigError(ValueError):
         """The same error seen from an enclosing section (key gets the section prefix)."""
         key = f"{prefix}.{self.key}" if prefix else self.key
         return ConfigError(key, self.message, self.source or source)
+
+
+def load_yaml_unique(stream: Any, source: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently).
+
+    The document is composed to nodes first so the error can name the dotted key and both line numbers;
+    YAML syntax errors propagate as ``yaml.YAMLError`` for the caller to word.
+    """
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, "", source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_unique_keys(node: Any, prefix: str, source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first_line: Dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key != "<<":  # "<<" is a merge key, not a real entry
+                if key in first_line:
+                    raise ConfigError(dotted, f"given twice (lines {first_line[key]} and {line}); "
+                                              "PyYAML would silently keep the last one: delete one of them", source)
+                first_line[key] = line
+            _check_unique_keys(value_node, dotted, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{prefix}[{i}]", source)
 
 
 def doc(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,

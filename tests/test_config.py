@@ -44,6 +44,31 @@ def test_unknown_section(tmp_path):
         load_config(path)
 
 
+def test_duplicate_yaml_key_is_refused_with_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys silently: a run would train with a value nobody chose
+    path = write(tmp_path, "model:\n  hidden_size: 128\ntraining:\n  lr: 1e-3\n  micro_batch_size: 2\n  lr: 3e-4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"{path}: config key 'training.lr': given twice (lines 4 and 6); "
+                            "PyYAML would silently keep the last one: delete one of them")
+    path = write(tmp_path, "model:\n  hidden_size: 128\nmodel:\n  hidden_size: 256\n", "sections.yaml")
+    with pytest.raises(ConfigError, match=r"sections.yaml: config key 'model': given twice \(lines 1 and 3\)"):
+        load_config(path)
+    # the same key name in different sections is fine
+    path = write(tmp_path, "data:\n  seq_len: 64\nmodel:\n  max_position_embeddings: 128\n", "ok.yaml")
+    assert load_config(path).data.seq_len == 64
+
+
+def test_unknown_section_from_override_names_the_flag(tmp_path):
+    path = write(tmp_path, "model:\n  hidden_size: 128\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["trainign.lr=1e-3"])
+    msg = str(e.value)
+    assert msg.startswith("--set trainign.lr=1e-3: config key 'trainign': unknown key") and path not in msg
+    with pytest.raises(ConfigError, match=r"^--set optim.adam.beta=1: config key 'optim': unknown key"):
+        load_config(None, ["optim.adam.beta=1"])
+
+
 def test_wrong_type_names_expected_type(tmp_path):
     path = write(tmp_path, "training:\n  micro_batch_size: four\n")
     with pytest.raises(ConfigError, match=r"'training.micro_batch_size': expected int, got 'four'"):
