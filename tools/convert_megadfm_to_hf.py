@@ -63,8 +63,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megadfm.conversion.export import export_to_hf
 
-    return run_tool("convert_megadfm_to_hf", export_to_hf, args, ckpt=args.ckpt, out_dir=args.out, step=args.step,
-                    as_qwen3=args.as_qwen3, dtype=args.dtype, tokenizer=args.tokenizer)
+    # checkpoint=: a torch load error is reported with the unreadable file under --ckpt, not as a traceback
+    return run_tool("convert_megadfm_to_hf", export_to_hf, args, checkpoint=args.ckpt, ckpt=args.ckpt, out_dir=args.out,
+                    step=args.step, as_qwen3=args.as_qwen3, dtype=args.dtype, tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ prompts and budgets in one batch; a row that reaches EOS stops costing compute) 
 JSONL (--output, default stdout): the input fields plus "completion", "tokens", "new_tokens"
 and "finished", in input order. The run's totals go to stderr.
 
---model-dir holds config.yaml (a MegaDFMConfig dump: the model shape and the DFM conventions it
-was trained with, shift and scheduler included) and model.safetensors (megadfm parameter names).
-The tokenizer is a local folder (--tokenizer, default: the config's data.tokenizer); nothing is
-fetched from the network. Prints each completion, then new tokens (prompt, suffix, EOS and what
+--model-dir is any megadfm source, loaded as tools/evaluate.py loads it (megadfm.eval.models.load_dfm):
+a model folder (config.yaml + model.safetensors), a training run / checkpoints/ / step directory
+(newest complete checkpoint, any ZeRO stage), a megadfm HF export (tools/convert_megadfm_to_hf.py)
+or an init folder (tools/convert_hf_to_megadfm.py; no run config: the default DFM conventions).
+The tokenizer is a local folder (--tokenizer, default: the one recorded with the source); nothing
+is fetched from the network. Prints each completion, then new tokens (prompt, suffix, EOS and what
 follows it excluded), forward passes (full-sequence and block-only) and new tokens/s; --json
 prints one JSON object instead.
 """
@@ -34,8 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megadfm.data.tokenizer import load_tokenizer  # noqa: E402
-from megadfm.dfm.model_loading import load_model_dir  # noqa: E402
+from megadfm.eval.models import load_dfm  # noqa: E402
 from megadfm.dfm.sampler import generate  # noqa: E402
 from megadfm.dfm.sampler_config import SamplerConfig  # noqa: E402
 from megadfm.dfm.sampling import SAMPLER_METHODS  # noqa: E402
@@ -44,8 +45,8 @@ from megadfm.tokens import ENDOFTEXT_TOKEN_ID  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", required=True, help="A model folder (config.yaml + model.safetensors), or a training run dir / checkpoint (newest complete checkpoint, any ZeRO stage).")
-    p.add_argument("--tokenizer", default=None, help="Local HF tokenizer folder (default: data.tokenizer of config.yaml).")
+    p.add_argument("--model-dir", required=True, help="A model folder (config.yaml + model.safetensors), a training run dir / checkpoint (newest complete checkpoint, any ZeRO stage), a megadfm HF export or an init folder.")
+    p.add_argument("--tokenizer", default=None, help="Local HF tokenizer folder (default: the source's: data.tokenizer of its config.yaml, the export's own, the init folder's tokenizer/).")
     p.add_argument("--prompt", action="append", default=None,
                    help="Prompt text; repeat for a batch (prompts may differ in length). Backslash escapes (\\n) are decoded.")
     p.add_argument("--batch-file", default=None,
@@ -128,7 +129,7 @@ def speed_line(s: Dict[str, Any], label: str) -> str:
             f"{s['seconds']:.3f} s, {s['tokens_per_second']:.1f} new tokens/s ({label})")
 
 
-def run_batch_file(args: argparse.Namespace, model, run_cfg, tokenizer, cfg: SamplerConfig, device) -> int:
+def run_batch_file(args: argparse.Namespace, model, dfm, pad_token_id, tokenizer, cfg: SamplerConfig, device) -> int:
     requests = read_batch_file(args.batch_file, args.max_new_tokens)
     if args.batch_size <= 0:
         raise SystemExit(f"--batch-size must be positive, got {args.batch_size}")
@@ -141,9 +142,9 @@ def run_batch_file(args: argparse.Namespace, model, run_cfg, tokenizer, cfg: Sam
             chunk = requests[lo: lo + args.batch_size]
             infill = any(r["suffix"] is not None for r in chunk)
             result = generate(model, [tokenizer.encode(r["prompt"]) for r in chunk], [r["max_new_tokens"] for r in chunk],
-                              cfg, run_cfg.dfm,
+                              cfg, dfm,
                               suffixes=[tokenizer.encode(r["suffix"] or "") for r in chunk] if infill else None,
-                              pad_token_id=run_cfg.data.pad_token_id)
+                              pad_token_id=pad_token_id)
             for r, tokens, finished in zip(chunk, result.tokens, result.finished):
                 row = {**r, "completion": tokenizer.decode(tokens), "tokens": tokens, "new_tokens": len(tokens),
                        "finished": finished}
@@ -168,10 +169,11 @@ def main(argv=None) -> int:
         raise SystemExit("--suffix goes with --prompt; in a --batch-file give each row a \"suffix\" field")
     device = torch.device(args.device)
     cfg = sampler_config(args)
-    model, run_cfg = load_model_dir(args.model_dir, device, args.dtype)
-    tokenizer = load_tokenizer(args.tokenizer or run_cfg.data.tokenizer, mask_token_id=run_cfg.model.mask_token_id)
+    # one loader for every source kind (the evaluation's): model, tokenizer (with <|mask|>), DFM conventions, pad id
+    loaded = load_dfm(args.model_dir, cfg, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    model, tokenizer, dfm, pad_token_id = loaded.model, loaded.tokenizer, loaded.dfm, loaded.pad_token_id
     if args.batch_file is not None:
-        return run_batch_file(args, model, run_cfg, tokenizer, cfg, device)
+        return run_batch_file(args, model, dfm, pad_token_id, tokenizer, cfg, device)
     prompts = [_unescape(p) for p in args.prompt]
     suffixes = None
     if args.suffix is not None:
@@ -180,8 +182,7 @@ def main(argv=None) -> int:
         suffixes = [_unescape(s) for s in (args.suffix * len(prompts) if len(args.suffix) == 1 else args.suffix)]
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     suffix_ids = [tokenizer.encode(s) for s in suffixes] if suffixes is not None else None
-    result = generate(model, prompt_ids, args.max_new_tokens, cfg, run_cfg.dfm, suffixes=suffix_ids,
-                      pad_token_id=run_cfg.data.pad_token_id)
+    result = generate(model, prompt_ids, args.max_new_tokens, cfg, dfm, suffixes=suffix_ids, pad_token_id=pad_token_id)
     completions = [tokenizer.decode(tokens) for tokens in result.tokens]
     if args.json:
         rows = [{"prompt": p, "suffix": suffixes[i] if suffixes else None, "completion": c, "tokens": result.tokens[i],

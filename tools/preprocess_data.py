@@ -120,7 +120,14 @@ def up_to_date(args: argparse.Namespace, digest: str) -> bool:
     if not os.path.isfile(path):
         return False
     with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
+        try:
+            summary = json.load(f)
+        except json.JSONDecodeError as e:  # damaged or not ours: rebuilding over it silently would hide what wrote it
+            raise PreprocessError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it or pass --force "
+                                  f"to rebuild {args.output_prefix}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("outputs"), dict):
+        raise PreprocessError(f"{path}: not a preprocessing summary (no 'outputs' mapping); delete it or pass --force "
+                              f"to rebuild {args.output_prefix}")
     if summary.get("fingerprint") != digest:
         return False
     for out in summary["outputs"].values():
@@ -180,6 +187,13 @@ def ordered_map(pool, batches: Iterable[List[Record]], keys: Sequence[str], work
         yield done, result.get()
 
 
+def refuse_empty_input(args: argparse.Namespace, sources) -> None:
+    """An input with no record would give a 0-document dataset that fails only later, in training."""
+    if next(iter_records(sources, args.json_keys, args.hf_split), None) is None:
+        raise PreprocessError(f"no documents in --input {' '.join(args.input)} (--glob {args.glob!r}, --json-keys "
+                              f"{' '.join(args.json_keys)}): nothing to tokenize, nothing written")
+
+
 def remove_leftovers(prefixes: Sequence[str]) -> None:
     """Delete temporaries a killed earlier run left next to these outputs (they are never complete)."""
     for prefix in prefixes:
@@ -197,7 +211,11 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # --workers is the only parallelism
     started = time.time()
     sources = discover(args.input, args.glob, args.exclude)
+    refuse_empty_input(args, sources)
     files = input_files(sources)
+    from megadfm.data.tokenizer import check_tokenizer_folder
+
+    check_tokenizer_folder(args.tokenizer)  # hashed below before it is loaded: a missing folder is a TokenizerError
     tok_hashes = tokenizer_hashes(args.tokenizer)
     digest = fingerprint(args, files, tok_hashes)
     if not args.force and up_to_date(args, digest):
@@ -307,8 +325,16 @@ def _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, elapsed,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from megadfm.data.sources import InputError
+    from megadfm.data.tokenizer import TokenizerError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InputError, PreprocessError, TokenizerError) as e:  # bad input: its message, not a traceback
+        print(f"preprocess_data.py: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

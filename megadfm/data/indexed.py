@@ -16,6 +16,7 @@ problem, so a truncated or foreign file is caught at open time, not as garbage t
 from __future__ import annotations
 
 import array
+import glob
 import os
 import shutil
 import struct
@@ -58,6 +59,21 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
 
 
+def _prefix_hint(prefix: str) -> str:
+    """'; did you mean ...' when ``prefix`` misses the ``_{key}_document`` suffix preprocessing adds, or has an extension."""
+    stem, ext = os.path.splitext(prefix)
+    if ext in (".idx", ".bin") and os.path.isfile(idx_path(stem)):
+        return f"; did you mean {stem}? (a prefix is given without .bin/.idx)"
+    if os.path.isfile(idx_path(prefix + "_text_document")):
+        found = [prefix + "_text_document"]
+    else:
+        found = sorted(p[: -len(".idx")] for p in glob.glob(glob.escape(prefix) + "_*_document.idx"))
+    if not found:
+        return ""
+    return (f"; did you mean {' or '.join(found)}? (tools/preprocess_data.py names its outputs "
+            "{output_prefix}_{json key}_document)")
+
+
 def _le(dtype: np.dtype) -> np.dtype:
     return np.dtype(dtype).newbyteorder("<")
 
@@ -76,7 +92,8 @@ class IndexedDataset:
         self._bin_file = bin_path(prefix)
         for path in (self._idx_file, self._bin_file):
             if not os.path.isfile(path):
-                raise IndexedDatasetError(path, "file not found (an indexed dataset needs both P.bin and P.idx)")
+                raise IndexedDatasetError(path, "file not found (an indexed dataset needs both P.bin and P.idx)"
+                                          + _prefix_hint(prefix))
         self._read_header()
         idx_size = os.path.getsize(self._idx_file)
         self._idx_map = np.memmap(self._idx_file, dtype=np.uint8, mode="r")

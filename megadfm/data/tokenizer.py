@@ -21,12 +21,10 @@ class TokenizerError(RuntimeError):
     """A tokenizer folder is missing, incomplete or disagrees with the configured mask id."""
 
 
-def load_tokenizer(path: str, mask_token_id: int = MASK_TOKEN_ID):
-    """Load the tokenizer in folder ``path`` with local files only; add ``<|mask|>`` if absent.
+def check_tokenizer_folder(path: str) -> None:
+    """TokenizerError naming the folder and the build command unless ``path`` looks like a HF tokenizer folder.
 
-    Raises :class:`TokenizerError` naming the folder (and the command that builds it) when the
-    folder or its files are missing, and when ``<|mask|>`` is or would be at an id other than
-    ``mask_token_id``.
+    For code that reads the folder's files itself (hashes them) before or without loading it.
     """
     if not os.path.isdir(path):
         raise TokenizerError(
@@ -36,10 +34,22 @@ def load_tokenizer(path: str, mask_token_id: int = MASK_TOKEN_ID):
     if not any(os.path.isfile(os.path.join(path, f)) for f in known):
         raise TokenizerError(f"{os.path.abspath(path)} holds none of {', '.join(known)}: not a HF tokenizer folder. "
                              f"Build one with: {BUILD_COMMAND.format(path=path)}")
+
+
+def load_tokenizer(path: str, mask_token_id: int = MASK_TOKEN_ID):
+    """Load the tokenizer in folder ``path`` with local files only; add ``<|mask|>`` if absent.
+
+    Raises :class:`TokenizerError` naming the folder (and the command that builds it) when the
+    folder or its files are missing, and when ``<|mask|>`` is or would be at an id other than
+    ``mask_token_id``.
+    """
+    check_tokenizer_folder(path)
     from transformers import AutoTokenizer
 
     # local_files_only: a folder path never falls back to the hub, whatever the environment says.
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # trust_remote_code=False: a folder whose config.json has auto_map code (megadfm's own HF export) otherwise makes
+    # transformers ask "run the custom code? [y/N]" on stdin; the tokenizer class comes from tokenizer_config.json.
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     existing = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
     if existing is None or existing == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(existing) != MASK_TOKEN:
         if len(tokenizer) != mask_token_id:

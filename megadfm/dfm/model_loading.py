@@ -1,9 +1,10 @@
 """Load a megadfm model for generation: a model folder (``config.yaml`` + ``model.safetensors``) or a
 training checkpoint (a run directory, its ``checkpoints/`` or one ``step_XXXXXXXX/``).
 
-This is the one function tools/generate.py (and the sampler benchmark) load models through. Finding
-and reading the weights is megadfm.checkpoints.source.open_source; loading them is the strict loader
-(megadfm.checkpoints.strict_load), the same two steps as training's ``init_from``.
+The sampler benchmark loads models through it. Finding and reading the weights is
+megadfm.checkpoints.source.open_source; loading them is the strict loader (megadfm.checkpoints.strict_load),
+the same two steps as training's ``init_from``. tools/generate.py loads through megadfm.eval.models.load_dfm
+instead, which also reads HF exports and init folders (no run config: the default DFM conventions).
 """
 
 from __future__ import annotations
