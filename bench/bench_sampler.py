@@ -1,24 +1,39 @@
 #!/usr/bin/env python
-"""Sampler throughput: megadfm's DFM samplers vs transformers' autoregressive ``generate``.
+"""Sampler throughput and agreement: megadfm's block samplers (exact, and with the prefix / dual caches) vs
+transformers' autoregressive ``generate`` with its KV cache, in one run.
 
-Same run, same shape: a randomly initialized Qwen3DFM and a Qwen3ForCausalLM with identical sizes
-(hidden, layers, heads, the full 151,936-row vocabulary), the same random 16-token prompts, 256 new
-tokens, batch 1 and 16. The AR baseline uses its KV cache and greedy decoding with EOS disabled, so
-it always produces all 256 tokens; the DFM samplers run 16/32/64 steps with EOS disabled.
-Throughput is new tokens / wall second of the decoding loop (``tokens_per_second`` of the result;
-HF: around ``generate``). Prints one line per setting and the ratio DFM / AR. Not a test.
+Same shape on both sides: a Qwen3DFM (random weights, or a trained one with --model-dir) and a
+Qwen3ForCausalLM with identical sizes and the full 151,936-row vocabulary (random weights: it is
+a speed baseline only), the same prompts, 256 new tokens, batch 1 and 16, EOS disabled so every
+row produces all its tokens. Settings:
 
-    python bench/bench_sampler.py            # hidden 256, 4 layers (a few minutes on 2 CPU cores)
-    python bench/bench_sampler.py --small    # hidden 64, 2 layers, 64 new tokens (about a minute)
+- hf_generate_ar: transformers ``generate``, greedy, KV cache (the baseline);
+- exact: method confidence, cache none, one token per step (--steps; default = new tokens), blocks of --block-length;
+- threshold: method threshold (fixed --threshold), blocks of --block-length, --block-steps per block at most,
+  with cache none / prefix / dual.
+
+Every DFM setting is greedy. Printed per setting: new tokens / wall second of the decoding loop
+(prompt excluded; ``SampleResult.tokens_per_second``, HF: around ``generate``), NFE as full/block
+forward passes (HF: prefill / cached decode steps), the ratio to the AR baseline, and the
+fraction of new tokens equal to the exact sampler's at the same position. prefix and dual are
+APPROXIMATIONS for a bidirectional model (megadfm/dfm/sampling/cached_forward.py). On random
+weights the agreement says nothing about quality (the output says so): pass --model-dir.
+
+    python bench/bench_sampler.py                              # random weights, hidden 256, 4 layers
+    python bench/bench_sampler.py --small                      # hidden 64, 2 layers, 64 new tokens
+    python bench/bench_sampler.py --model-dir runs/tiny_cpu    # a trained model (after `make demo`)
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
+import sysconfig
 import time
-from typing import List
+from dataclasses import replace
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,20 +41,27 @@ import torch  # noqa: E402
 
 from megadfm.dfm.config import DFMConfig  # noqa: E402
 from megadfm.dfm.sampler import generate  # noqa: E402
-from megadfm.dfm.sampler_config import SamplerConfig  # noqa: E402
+from megadfm.dfm.sampler_config import SampleResult, SamplerConfig  # noqa: E402
 from megadfm.model import ModelConfig, Qwen3DFM  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--small", action="store_true", help="Tiny model (hidden 64, 2 layers) and 64 new tokens.")
-    p.add_argument("--hidden", type=int, default=256, help="Hidden size (ignored with --small).")
-    p.add_argument("--layers", type=int, default=4, help="Layers (ignored with --small).")
+    p.add_argument("--model-dir", default=None,
+                   help="A trained megadfm model (run dir, checkpoint or model folder) instead of random weights; "
+                        "prompts are then real code (stdlib files, the run's tokenizer).")
+    p.add_argument("--small", action="store_true", help="Random weights: tiny model (hidden 64, 2 layers) and 64 new tokens.")
+    p.add_argument("--hidden", type=int, default=256, help="Random weights: hidden size (ignored with --small).")
+    p.add_argument("--layers", type=int, default=4, help="Random weights: layers (ignored with --small).")
     p.add_argument("--new-tokens", type=int, default=256, help="New tokens per row (64 with --small).")
-    p.add_argument("--prompt-len", type=int, default=16, help="Prompt tokens per row.")
+    p.add_argument("--prompt-len", type=int, default=16, help="Prompt tokens per row (all rows alike: one block column set).")
     p.add_argument("--batch-sizes", default="1,16", help="Comma-separated batch sizes.")
-    p.add_argument("--steps", default="16,32,64", help="Comma-separated DFM step counts.")
-    p.add_argument("--block-length", type=int, default=32, help="Semi-AR block length of the confidence sampler.")
+    p.add_argument("--steps", default=None,
+                   help="Comma-separated total steps of the exact (confidence) sampler; default: new tokens (one per "
+                        "step). Agreement is measured against the first.")
+    p.add_argument("--block-length", type=int, default=32, help="Semi-AR block length of every DFM setting.")
+    p.add_argument("--block-steps", type=int, default=None, help="threshold: most steps per block (default: --block-length).")
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold: the fixed confidence threshold.")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 by default: on a shared 2-core machine a 2nd thread makes timings erratic).")
     p.add_argument("--repeats", type=int, default=1, help="Time each setting this many times and keep the fastest.")
@@ -47,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
+def random_model_config(args: argparse.Namespace) -> ModelConfig:
     hidden, layers = (64, 2) if args.small else (args.hidden, args.layers)
     heads = max(2, hidden // 64)
     return ModelConfig(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -67,7 +89,24 @@ def hf_model(cfg: ModelConfig):
     return Qwen3ForCausalLM(hf_cfg).eval()
 
 
-def ar_tokens_per_second(model, prompts: torch.Tensor, new_tokens: int, repeats: int) -> float:
+def code_prompts(tokenizer, count: int, length: int) -> List[List[int]]:
+    """``count`` prompts of exactly ``length`` tokens: the start of evenly spaced stdlib files (deterministic per Python)."""
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    if not files:
+        raise SystemExit(f"no stdlib .py files under {sysconfig.get_paths()['stdlib']} to take prompts from")
+    prompts = []
+    for i in range(len(files)):
+        path = files[(i * 7919) % len(files)]  # spread over the alphabet, no repeats (7919 is prime)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            ids = tokenizer.encode(f.read(20000))
+        if len(ids) >= length:
+            prompts.append(ids[:length])
+        if len(prompts) == count:
+            return prompts
+    raise SystemExit(f"only {len(prompts)} stdlib files have {length} tokens; lower --prompt-len or the batch size")
+
+
+def ar_run(model, prompts: torch.Tensor, new_tokens: int, repeats: int) -> float:
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
                   eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(prompts))
     with torch.inference_mode():
@@ -78,43 +117,80 @@ def ar_tokens_per_second(model, prompts: torch.Tensor, new_tokens: int, repeats:
             start = time.perf_counter()
             out = model.generate(prompts, **kwargs)
             seconds = min(seconds, time.perf_counter() - start)
-    assert out.shape[1] == prompts.shape[1] + new_tokens
+    if out.shape[1] != prompts.shape[1] + new_tokens:
+        raise RuntimeError(f"transformers generate returned {out.shape[1] - prompts.shape[1]} new tokens, expected {new_tokens}")
     return prompts.shape[0] * new_tokens / seconds
 
 
-def dfm_tokens_per_second(model, prompts: List[List[int]], new_tokens: int, cfg: SamplerConfig, repeats: int) -> tuple:
-    dfm = DFMConfig()
-    generate(model, [p[:4] for p in prompts], 4, SamplerConfig(method=cfg.method, steps=2, eos_token_id=None), dfm)  # warm-up
+def dfm_run(model, prompts: List[List[int]], new_tokens: int, cfg: SamplerConfig, dfm: DFMConfig,
+            repeats: int) -> Tuple[float, SampleResult]:
+    generate(model, [p[:4] for p in prompts], 4, replace(cfg, steps=2, block_length=0), dfm)  # warm-up
     outs = [generate(model, prompts, new_tokens, cfg, dfm) for _ in range(repeats)]
-    return max(o.tokens_per_second for o in outs), outs[0].model_evals
+    return max(o.tokens_per_second for o in outs), outs[0]
+
+
+def agreement(a: SampleResult, b: SampleResult) -> float:
+    """Fraction of new positions where both runs chose the same token (EOS is off, so rows are full length)."""
+    pairs = [(x, y) for ra, rb in zip(a.tokens, b.tokens) for x, y in zip(ra, rb)]
+    return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
+def settings(args: argparse.Namespace, new_tokens: int) -> List[Tuple[str, SamplerConfig]]:
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else [new_tokens]
+    greedy = dict(temperature=0.0, eos_token_id=None, block_length=args.block_length)
+    out = [(f"exact_conf_s{s}", SamplerConfig(method="confidence", steps=s, cache="none", **greedy)) for s in steps]
+    block_steps = args.block_steps or args.block_length
+    for cache in ("none", "prefix", "dual"):
+        out.append((f"threshold{args.threshold:g}_{cache}",
+                    SamplerConfig(method="threshold", steps=block_steps, threshold=args.threshold, cache=cache, **greedy)))
+    return out
+
+
+def load(args: argparse.Namespace, device: torch.device) -> Tuple[Qwen3DFM, DFMConfig, Optional[object]]:
+    if args.model_dir is None:
+        return Qwen3DFM(random_model_config(args), seed=0).to(device).eval(), DFMConfig(), None
+    from megadfm.data.tokenizer import load_tokenizer
+    from megadfm.dfm.model_loading import load_model_dir
+
+    model, run_cfg = load_model_dir(args.model_dir, device, "float32")
+    return model, run_cfg.dfm, load_tokenizer(run_cfg.data.tokenizer, mask_token_id=run_cfg.model.mask_token_id)
 
 
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    new_tokens = 64 if args.small else args.new_tokens
-    cfg = model_config(args)
-    dfm_model = Qwen3DFM(cfg, seed=0).to(device).eval()
+    new_tokens = 64 if args.small and args.model_dir is None else args.new_tokens
+    dfm_model, dfm, tokenizer = load(args, device)
+    cfg = dfm_model.cfg
     ar_model = hf_model(cfg).to(device)
     n_params = sum(p.numel() for p in ar_model.parameters())
+    weights = f"trained: {args.model_dir}" if args.model_dir else "RANDOM weights"
+    print(f"# DFM {weights}; AR baseline: random weights of the same shape (speed only)")
     print(f"# device {device}, {torch.get_num_threads()} threads; hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
-          f"vocab {cfg.vocab_size}, {n_params / 1e6:.1f} M params (HF); prompt {args.prompt_len}, {new_tokens} new tokens")
-    print(f"{'batch':>5} {'sampler':<22} {'steps':>5} {'evals':>5} {'tok/s':>10} {'vs AR':>7}")
+          f"vocab {cfg.vocab_size}, {n_params / 1e6:.1f} M params (HF); prompt {args.prompt_len}, {new_tokens} new tokens; "
+          f"blocks of {args.block_length}; greedy, EOS off")
+    if args.model_dir is None:
+        print("# agreement on random weights is MEANINGLESS (near-uniform predictions); run with --model-dir for a real one")
+    print("# prefix / dual caches are APPROXIMATIONS for a bidirectional model; agreement = fraction of new tokens equal "
+          "to the first exact setting's")
+    print(f"{'batch':>5} {'setting':<22} {'steps':>5} {'NFE full/block':>14} {'tok/s':>9} {'vs AR':>6} {'agree':>6}")
     gen = torch.Generator().manual_seed(0)
     for bsz in [int(b) for b in args.batch_sizes.split(",")]:
-        prompts = torch.randint(0, 151643, (bsz, args.prompt_len), generator=gen)
-        ar = ar_tokens_per_second(ar_model, prompts.to(device), new_tokens, args.repeats)
-        print(f"{bsz:>5} {'hf_generate_ar':<22} {new_tokens:>5} {new_tokens:>5} {ar:>10.1f} {1.0:>7.2f}", flush=True)
-        for steps in [int(s) for s in args.steps.split(",")]:
-            for name, sampler in [
-                ("dfm_euler", SamplerConfig(method="euler", steps=steps, temperature=0.0, eos_token_id=None)),
-                (f"dfm_confidence_blk{args.block_length}",
-                 SamplerConfig(method="confidence", steps=steps, block_length=args.block_length, temperature=0.0,
-                               eos_token_id=None)),
-            ]:
-                tps, evals = dfm_tokens_per_second(dfm_model, prompts.tolist(), new_tokens, sampler, args.repeats)
-                print(f"{bsz:>5} {name:<22} {steps:>5} {evals:>5} {tps:>10.1f} {tps / ar:>7.2f}", flush=True)
+        if tokenizer is None:
+            prompts = torch.randint(0, 151643, (bsz, args.prompt_len), generator=gen).tolist()
+        else:
+            prompts = code_prompts(tokenizer, bsz, args.prompt_len)
+        ar = ar_run(ar_model, torch.tensor(prompts, device=device), new_tokens, args.repeats)
+        print(f"{bsz:>5} {'hf_generate_ar':<22} {new_tokens:>5} {f'1/{new_tokens - 1}':>14} {ar:>9.1f} {1.0:>6.2f} "
+              f"{'-':>6}", flush=True)
+        reference = None
+        for name, sampler in settings(args, new_tokens):
+            tps, out = dfm_run(dfm_model, prompts, new_tokens, sampler, dfm, args.repeats)
+            reference = reference or out
+            nfe = f"{out.nfe_full}/{out.nfe_block}"
+            print(f"{bsz:>5} {name:<22} {out.steps:>5} {nfe:>14} {tps:>9.1f} {tps / ar:>6.2f} "
+                  f"{agreement(out, reference):>6.3f}", flush=True)
     return 0
 
 

@@ -69,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threshold-mode", choices=["fixed", "factor"], default="fixed",
                    help="threshold method: fixed threshold, or Fast-dLLM's factor rule.")
     p.add_argument("--threshold-factor", type=float, default=1.0, help="threshold method, factor mode: the factor (> 0).")
+    p.add_argument("--cache", choices=["none", "prefix", "dual"], default="none",
+                   help="confidence / threshold methods: K/V cache per block (Fast-dLLM style). none is the exact sampler; "
+                        "prefix and dual are APPROXIMATE for a bidirectional model (the cached K/V are those of the block's "
+                        "first step and go stale as it is decoded): fewer full-sequence forwards, possibly different tokens.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
     p.add_argument("--top-k", type=int, default=0, help="Top-k filter (0 = off).")
     p.add_argument("--top-p", type=float, default=1.0, help="Nucleus filter (1 = off).")
@@ -119,7 +123,7 @@ def read_batch_file(path: str, default_new_tokens: int) -> List[Dict[str, Any]]:
 def sampler_config(args: argparse.Namespace) -> SamplerConfig:
     return SamplerConfig(method=args.method, steps=args.steps, time_grid=args.time_grid, confidence=args.confidence,
                          block_length=args.block_length, threshold=args.threshold, threshold_mode=args.threshold_mode,
-                         threshold_factor=args.threshold_factor, temperature=args.temperature, top_k=args.top_k,
+                         threshold_factor=args.threshold_factor, cache=args.cache, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, eos_token_id=None if args.no_stop_at_eos else args.eos_token_id, seed=args.seed)
 
 

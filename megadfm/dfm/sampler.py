@@ -7,9 +7,10 @@ file each, in megadfm/dfm/sampling/ (``euler``: the exact-rate Euler DFM solver;
 confidence-based unmasking, optionally in semi-AR blocks; ``threshold``: Fast-dLLM's
 confidence-threshold parallel decoding in blocks); docs/FORMATS.md §4 has the mathematics.
 
-Every method reaches the model through one forward object (megadfm/dfm/sampling/forward.py),
-built here: the seam where a KV cache will plug in. A row that has decoded an EOS (and everything
-before it) stops being run. The result's throughput counts new tokens only (prompt, suffix, EOS
+Every method reaches the model through one forward object, built here from ``cfg.cache``:
+``none`` (megadfm/dfm/sampling/forward.py, the exact sampler) or the approximate ``prefix`` /
+``dual`` block caches (megadfm/dfm/sampling/cached_forward.py, whose docstring has the rules).
+A row that has decoded an EOS (and everything before it) stops being run. The result's throughput counts new tokens only (prompt, suffix, EOS
 and what follows it excluded) and splits forward passes into full-sequence and block-only ones.
 """
 
@@ -25,7 +26,8 @@ from megadfm.dfm.layout import GenerationLayout, build_layout
 from megadfm.dfm.sampler_config import SampleResult, SamplerConfig
 from megadfm.dfm.sampling import SAMPLER_METHODS
 from megadfm.dfm.sampling.context import SamplingContext
-from megadfm.dfm.sampling.forward import FullSequenceForward
+from megadfm.dfm.sampling.cached_forward import CachedForward
+from megadfm.dfm.sampling.forward import FullSequenceForward, ModelForward
 from megadfm.dfm.sampling.steps import time_grid
 from megadfm.dfm.schedulers import Scheduler, make_scheduler
 from megadfm.tokens import PAD_TOKEN_ID
@@ -42,6 +44,13 @@ def _initial_state(layout: GenerationLayout, dfm: DFMConfig, mask_id: int, gener
     noise = torch.randint(0, mask_id, x.shape, generator=generator, device=x.device)
     use_uniform = torch.rand(x.shape, generator=generator, device=x.device) < fraction
     return torch.where(layout.generate & use_uniform, noise, x)
+
+
+def make_forward(model: torch.nn.Module, layout: GenerationLayout, shift: bool, cache: str) -> ModelForward:
+    """The model seam of ``SamplerConfig.cache``: none (exact, full forwards) or the prefix / dual block caches."""
+    if cache == "none":
+        return FullSequenceForward(model, layout, shift)
+    return CachedForward(model, layout, shift, cache)
 
 
 @torch.inference_mode()
@@ -66,7 +75,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     x = _initial_state(layout, dfm, mask_id, generator)
 
     ctx = SamplingContext(model, x, layout, cfg, dfm, scheduler, mask_id, generator,
-                          forward=FullSequenceForward(model, layout, dfm.shift_logits))
+                          forward=make_forward(model, layout, dfm.shift_logits, cfg.cache))
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

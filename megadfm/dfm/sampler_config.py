@@ -43,6 +43,15 @@ class SamplerConfig:
         "fixed", "threshold method: fixed (confidence >= threshold) or factor (Fast-dLLM: the largest n with "
         "(m + 1)(1 - c_m) <= threshold_factor for every m <= n, c_m the m-th highest confidence).")
     threshold_factor: float = doc(1.0, "threshold method, threshold_mode factor: the factor f (> 0; larger unmasks more per step).")
+    cache: Literal["none", "prefix", "dual"] = doc(
+        "none", "confidence and threshold methods: K/V cache of the block samplers (Fast-dLLM style, "
+        "megadfm/dfm/sampling/cached_forward.py). none: the EXACT sampler, every step a full forward. prefix and dual "
+        "are APPROXIMATIONS for a bidirectional model: each block starts with one full forward that builds the cache "
+        "and its later steps run only the block (prefix: the block and everything after it, over the cached K/V of "
+        "the columns before it; dual: the block only, over the cached K/V of every other column, suffix included); "
+        "the cached K/V are those of the block's first step (its tokens and its t) and go stale as the block is "
+        "decoded. Exact only where nothing a cached position depends on changes (e.g. a causal model without time "
+        "conditioning).")
     temperature: float = doc(1.0, "Softmax temperature; 0 is greedy (argmax).")
     top_k: int = doc(0, "Keep the k most likely tokens (0 = off).")
     top_p: float = doc(1.0, "Nucleus sampling mass (1 = off).")
@@ -60,6 +69,10 @@ class SamplerConfig:
         require(self.threshold_mode in ("fixed", "factor"), "threshold_mode",
                 f"must be fixed or factor, got {self.threshold_mode!r}")
         require(self.threshold_factor > 0, "threshold_factor", f"must be > 0, got {self.threshold_factor}")
+        require(self.cache in ("none", "prefix", "dual"), "cache", f"must be none, prefix or dual, got {self.cache!r}")
+        require(self.cache == "none" or self.method in BLOCK_METHODS, "cache",
+                f"cache {self.cache!r} is an option of the {' and '.join(BLOCK_METHODS)} methods (it caches around a "
+                f"block), not of method {self.method!r}; use cache: none")
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         require(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k}")
         require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
@@ -74,7 +87,7 @@ class SampleResult:
     finished: List[bool]  # row produced an EOS
     steps: int  # solver steps that evaluated the model
     nfe_full: int  # forward passes over whole rows
-    nfe_block: int  # forward passes over only a block's positions (KV-cache sampling; 0 without a cache)
+    nfe_block: int  # forward passes over only a block's columns (cache prefix / dual; 0 with cache none)
     forward_rows: int  # rows passed to the model, summed over forward passes (rows stopped at EOS drop out)
     new_tokens: int  # sum of len(tokens): prompt, suffix, the EOS and everything after it excluded
     decoded_positions: int  # new positions the sampler decoded (<= the sum of budgets: an EOS stop skips the rest)

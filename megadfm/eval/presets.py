@@ -16,6 +16,16 @@ SAMPLER_PRESETS: Dict[str, Dict] = {
     "confidence-32": dict(method="confidence", steps=32, confidence="probability", temperature=0.0, seed=0),
     "confidence-32-block8": dict(method="confidence", steps=32, block_length=8, confidence="probability", temperature=0.0,
                                  seed=0),
+    # Fast-dLLM-style parallel decoding: blocks of 32 new tokens, every position whose p(token) >= 0.9 goes at once
+    # (at least one per step), steps 32 = a per-block CAP (a block of 32 never needs more; its last step takes
+    # the rest). Greedy, so a score differs between the three only by the cache: none is the exact sampler, prefix
+    # and dual are approximations (megadfm/dfm/sampling/cached_forward.py).
+    "threshold-0.9": dict(method="threshold", steps=32, block_length=32, threshold=0.9, threshold_mode="fixed",
+                          confidence="probability", temperature=0.0, cache="none", seed=0),
+    "threshold-0.9-prefix": dict(method="threshold", steps=32, block_length=32, threshold=0.9, threshold_mode="fixed",
+                                 confidence="probability", temperature=0.0, cache="prefix", seed=0),
+    "threshold-0.9-dual": dict(method="threshold", steps=32, block_length=32, threshold=0.9, threshold_mode="fixed",
+                               confidence="probability", temperature=0.0, cache="dual", seed=0),
     "greedy": dict(method="euler", steps=32, temperature=0.0, seed=0),   # AR baselines read temperature/top_p/seed only
     "sample-t0.8": dict(method="euler", steps=32, temperature=0.8, top_p=0.95, seed=0),
 }

@@ -7,10 +7,10 @@ positions, as :meth:`GenerationLayout.offset`) the targets lie in::
     hidden, target = forward.hidden_for(x, rows, t, targets, block)
 
 :class:`FullSequenceForward` runs the model over the whole of those rows (prompt, every new
-position, suffix) and counts one ``nfe_full``. A cached forward (prefix / dual cache over
-megadfm/model/kv_cache.py) is another class with the same method and counters: it runs the full
-sequence once per block to build the cache (``nfe_full``) and then only the block's positions
-(``nfe_block``). The methods and :func:`megadfm.dfm.sampling.blocks.block_step` do not change;
+position, suffix) and counts one ``nfe_full``. The cached forward
+(megadfm/dfm/sampling/cached_forward.py, ``cache: prefix | dual``, over megadfm/model/kv_cache.py)
+is another class with the same method and counters: it runs the full sequence once per block to
+build the cache (``nfe_full``) and then only the block's columns (``nfe_block``). The methods and :func:`megadfm.dfm.sampling.blocks.block_step` do not change;
 :func:`megadfm.dfm.sampler.generate` picks the forward.
 """
 
@@ -37,7 +37,7 @@ class ForwardCounts:
 
 
 class ModelForward(Protocol):
-    """What a step needs from the model; FullSequenceForward, and later the cached forwards, provide it."""
+    """What a step needs from the model; FullSequenceForward and CachedForward (cached_forward.py) provide it."""
 
     counts: ForwardCounts
 
