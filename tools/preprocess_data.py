@@ -9,9 +9,10 @@
         --output-prefix data/stdlib
 
 Writes ``{prefix}_{key}_document.bin/.idx`` per JSON key (as Megatron names them) and
-``{prefix}_summary.json`` (documents, tokens, dtype, tokenizer hashes, input files, empty /
-invalid / undecodable documents, elapsed). Outputs are written under temporary names and renamed
-when complete; the summary is written last, so a killed run leaves nothing under a final name.
+``{prefix}_summary.json`` (documents, tokens, largest token id, dtype, tokenizer hashes, input
+files, empty / invalid / undecodable documents, elapsed). Outputs are written under temporary
+names and renamed when complete; the summary is written last, so a killed run leaves nothing
+under a final name.
 A run whose summary matches the inputs, options and tokenizer is skipped ("up to date") unless
 ``--force``. ``--workers N`` gives byte-identical output to ``--workers 1`` (order is kept).
 
@@ -255,13 +256,16 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
         writers.update((k, IndexedDatasetWriter(output_prefix(args.output_prefix, k), dtype)) for k in keys)
         for batch, encoded in ordered_map(pool, chunks(records, keys), keys, args.workers):
             for key, (flat, lengths) in zip(keys, encoded):
-                if flat.size and int(flat.max()) >= vocab:
+                top = int(flat.max()) if flat.size else -1
+                if top >= vocab:
                     bad = int(np.argmax(flat >= vocab))
                     doc = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
                     raise PreprocessError(f"{batch[doc].location}: field {key!r} tokenized to id {int(flat[bad])}, "
                                           f">= the tokenizer's size {vocab} ({args.tokenizer})")
                 writers[key].add_documents(flat, lengths)
                 _count(stats[key], key, batch, lengths)
+                if top >= 0:  # only once a token is written: an output without tokens records null, not 0
+                    stats[key]["max_token_id"] = max(stats[key]["max_token_id"], top)
             bar.update(len(batch))
             bar.set_postfix_str(f"{sum(s['tokens'] for s in stats.values()) / max(time.time() - t0, 1e-9):,.0f} tok/s",
                                 refresh=False)
@@ -304,16 +308,19 @@ def _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, elapsed,
         outputs[key] = {"prefix": prefix, "documents": s["documents"], "tokens": s["tokens"],
                         "empty_documents": s["empty_documents"], "invalid_documents": s["invalid_documents"],
                         "undecodable_documents": s["undecodable_documents"],
+                        "max_token_id": s["max_token_id"] if "max_token_id" in s else None,
                         "bin_bytes": os.path.getsize(bin_path(prefix)), "idx_bytes": os.path.getsize(idx_path(prefix))}
         logger.info("%s: %d documents, %d tokens, %d empty, %d invalid, %d undecodable", prefix, s["documents"],
                     s["tokens"], s["empty_documents"], s["invalid_documents"], s["undecodable_documents"])
     docs = next(iter(stats.values()))["documents"]
     tokens = sum(s["tokens"] for s in stats.values())
+    maxima = [o["max_token_id"] for o in outputs.values() if o["max_token_id"] is not None]
     logger.info("%d documents, %d tokens in %.1f s: %.0f documents/s, %.0f tokens/s", docs, tokens, elapsed,
                 docs / max(elapsed, 1e-9), tokens / max(elapsed, 1e-9))
     return {
         "tool": "tools/preprocess_data.py", "tool_version": TOOL_VERSION, "fingerprint": digest,
         "documents": docs, "tokens": tokens, "dtype": dtype.name, "dtype_code": CODE_OF_DTYPE[dtype],
+        "max_token_id": max(maxima) if maxima else None,
         "empty_documents": sum(s["empty_documents"] for s in stats.values()),
         "invalid_documents": sum(s["invalid_documents"] for s in stats.values()),
         "undecodable_documents": sum(s["undecodable_documents"] for s in stats.values()),

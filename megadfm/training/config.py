@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from megadfm.config_base import doc, require
 
@@ -70,6 +70,12 @@ class CheckpointConfig:
     keep_every: Optional[int] = doc(None, "Additionally keep every checkpoint whose step is a multiple of this.")
     resume: bool = doc(True, "Resume from the newest complete checkpoint in output_dir/checkpoints if there is one.")
     min_free_bytes: int = doc(0, "Refuse to save (cleanly) when the disk would have less than this free after the save.")
+    allow_changes: List[str] = doc(
+        help="Dotted keys (e.g. data.seq_len, model.rope_theta, data.tokenizer, training.global_batch_size) a resume may "
+             "change although the checkpoint was trained under other values; each accepted change is logged. Without "
+             "it a resume that changes the model's function or the data stream is refused, listing every such key "
+             "(megadfm/training/provenance.py). LR, steps, intervals, sinks and output paths may always change.",
+        factory=list)
 
     def __post_init__(self) -> None:
         require(self.save_interval >= 0, "save_interval", f"must be >= 0, got {self.save_interval}")

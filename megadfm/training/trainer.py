@@ -89,6 +89,11 @@ class Trainer:
             self.module.register_zero3_external_parameters()
         self.ckpt = CheckpointManager(os.path.join(self.out_dir, CHECKPOINTS_DIR), cfg.checkpoint, rank, world_size)
         resume_from = self.ckpt.latest_step() if cfg.checkpoint.resume else None
+        from megadfm.training.provenance import check_data_provenance, check_resume_provenance
+
+        # before anything is loaded: a changed config or foreign data is refused, not met mid-run
+        check_resume_provenance(cfg, self.ckpt, resume_from, self.global_batch)
+        check_data_provenance(cfg)
         if resume_from is not None and self.ckpt.needs_universal(resume_from):
             self.ckpt.prepare_universal(resume_from)
             self.ds_config["checkpoint"] = {"load_universal": True}
