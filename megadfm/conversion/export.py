@@ -3,7 +3,8 @@
 Default: a DFM model that transformers loads with the modeling code shipped in the folder::
 
     OUT/config.json                        model_type megadfm_qwen3, auto_map -> the two code files
-    OUT/configuration_megadfm.py, OUT/modeling_megadfm.py   (torch + transformers only)
+    OUT/configuration_megadfm.py, OUT/modeling_megadfm.py, OUT/generation_megadfm.py   (torch + transformers only)
+    OUT/README.md                          model card: loading, the forward, model.diffusion_generate and its arguments
     OUT/model.safetensors                  (or shards + model.safetensors.index.json above --max-shard-size)
     OUT/generation_config.json             mask / eos / pad ids and megadfm's sampler defaults (dfm_sampler)
     OUT/tokenizer.json, tokenizer_config.json, ...   with <|mask|>
@@ -11,6 +12,7 @@ Default: a DFM model that transformers loads with the modeling code shipped in t
 
     model = AutoModelForMaskedLM.from_pretrained(OUT, trust_remote_code=True)   # logits, mask logit -inf
     model = AutoModel.from_pretrained(OUT, trust_remote_code=True)              # hidden states after the final norm
+    model.diffusion_generate(input_ids, max_new_tokens=64, ...)   # megadfm's sampler, token for token (README.md)
 
 ``as_qwen3``: the backbone as a plain ``Qwen3ForCausalLM`` (config.json model_type qwen3, no code
 files), refused when any time-conditioning modulation output is non-zero (a Qwen3 has no t, so it
@@ -87,11 +89,14 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
         sha = write_planned(tmp, out_specs, max_bytes, export_tensors(plan, src.iter_tensors(), out_dtype), progress)
         config = _hf_config(cfg, src, out_dtype, as_qwen3)
         _write_json(os.path.join(tmp, "config.json"), config)
-        _write_json(os.path.join(tmp, "generation_config.json"), _generation_config(cfg, src, as_qwen3))
+        generation = _generation_config(cfg, src, as_qwen3)
+        _write_json(os.path.join(tmp, "generation_config.json"), generation)
         if not as_qwen3:
             code_dir = os.path.dirname(os.path.abspath(hf_modeling.__file__))
             for name in hf_modeling.CODE_FILES:
                 shutil.copyfile(os.path.join(code_dir, name), os.path.join(tmp, name))
+            with open(os.path.join(tmp, README_FILE), "w", encoding="utf-8") as f:
+                f.write(model_card(src, generation))
         tok.save_pretrained(tmp)
         report = plan.report()
         report["time_conditioning"] = ("dropped: every modulation output is exactly zero" if as_qwen3 and plan.dropped else
@@ -176,6 +181,83 @@ def _generation_config(cfg: ModelConfig, src: MegaDFMSource, as_qwen3: bool) -> 
         "note": "defaults of megadfm.dfm.sampler_config.SamplerConfig; t = 0 is all masked, t = 1 is clean",
     }
     return out
+
+
+README_FILE = "README.md"
+
+
+def model_card(src: MegaDFMSource, generation: Dict[str, Any]) -> str:
+    """README.md of a megadfm-format export: how to load it, call it and generate with it (its defaults filled in)."""
+    d = generation["dfm_sampler"]
+    source = src.run_config.dfm.source if src.run_config is not None else "mask"
+    source_note = ("" if source == "mask" else
+                   f"\n**This model was trained with `dfm.source: {source}`; `diffusion_generate` implements the mask "
+                   "source only, so sample it with megadfm's own sampler (tools/generate.py).**\n")
+    step = f" (step {src.step})" if src.step is not None else ""
+    cfg = src.model_config
+    attention = cfg.attention_mode
+    return f"""# megadfm discrete flow-matching Qwen3 (`{hf_modeling.MODEL_TYPE}`)
+
+Exported by megadfm from {src.kind} `{os.path.basename(os.path.normpath(src.path))}`{step}. A Qwen3 with
+{attention} attention and time conditioning `{cfg.time_conditioning}`, a masked-diffusion (discrete flow-matching) model. The
+modeling code in this folder imports only torch and transformers; load it with `trust_remote_code=True`.
+t = 0 is all masked, t = 1 is clean; shift_logits = {d["shift_logits"]} (true: the output at position i
+predicts the token at i + 1); scheduler {d["scheduler"]} (exponent {d["scheduler_exponent"]}); mask token id
+{generation["mask_token_id"]}, whose logit is always -inf.
+{source_note}
+## Load
+
+```python
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
+logits = model(input_ids, t=t, attention_mask=attention_mask).logits   # [B, L, V] fp32; t: [B] in [0, 1]
+```
+
+## Generate: `model.diffusion_generate`
+
+```python
+ids = tok(["def add(a, b):\\n"], return_tensors="pt")
+out = model.diffusion_generate(ids.input_ids, attention_mask=ids.attention_mask, max_new_tokens=64,
+                               steps=64, method="confidence", block_length=32, temperature=0.0)
+print(tok.decode(out.tokens[0]))
+```
+
+It is megadfm's own sampler (`megadfm.dfm.sampler.generate`) re-implemented in `generation_megadfm.py` and
+gives the same tokens for the same seed and settings. Arguments (a setting left out takes the value in
+`generation_config.json` `dfm_sampler`, shown here):
+
+| argument | default | meaning |
+|---|---|---|
+| `input_ids` | | prompts: LongTensor [B, L] (or a list of token lists) |
+| `attention_mask` | None | [B, L], 1 on prompt tokens, 0 on padding (left or right); ragged prompts are fine |
+| `max_new_tokens` | required | new tokens per row (an int, or one per row) |
+| `steps` | {d["steps"]} | euler: solver steps; confidence: steps per generation, split over the blocks; threshold: at most this many per block |
+| `method` | {d["method"]} | `confidence` (unmask the most confident positions, a fixed number per step), `threshold` (Fast-dLLM: every position whose confidence passes the rule, at least one), `euler` (the exact-rate Euler DFM solver, random unmasking) |
+| `block_length` | {d["block_length"]} | confidence / threshold: semi-autoregressive blocks of this many new tokens, left to right (0 = one block) |
+| `threshold` | {d["threshold"]} | threshold, mode `fixed`: unmask every position with confidence >= this |
+| `threshold_mode` | {d["threshold_mode"]} | `fixed`, or `factor`: the largest n with (m + 1)(1 - c_m) <= threshold_factor for all m <= n |
+| `threshold_factor` | {d["threshold_factor"]} | the factor of mode `factor` |
+| `confidence` | {d["confidence"]} | ranking of the block methods: `probability`, `margin` (top1 - top2), `entropy` |
+| `temperature` | {d["temperature"]} | 0 is greedy |
+| `top_k`, `top_p` | {d["top_k"]}, {d["top_p"]} | filters of the draw (0 / 1 = off) |
+| `eos_token_id` | {generation["eos_token_id"]} | a row stops once it has decoded it (output cut before it); None: never stop |
+| `cache` | {d.get("cache", "none")} | `none` (exact), `prefix` or `dual` (block K/V caches, see below) |
+| `seed` | 0 | seeds a torch.Generator on the model's device (or pass `generator=`) |
+| `suffix_ids` | None | infilling: per-row suffixes (a list of token lists, or one list for all rows); the new tokens go between prompt and suffix |
+| `time_grid` | {d["time_grid"]} | `uniform` in t, or `scheduler` (uniform in kappa) |
+
+It returns `out.sequences` [B, L] (prompt + new tokens + suffix, right-padded, never a mask), `out.tokens` (each
+row's new tokens, cut before the first EOS), `out.finished`, `out.steps`, `out.nfe_full`, `out.nfe_block`.
+
+**Caches are approximate.** `cache="prefix"` / `"dual"` (confidence and threshold methods; Fast-dLLM's
+prefix and dual caches) run one full forward at a block's first step, keep every layer's K/V, and then
+recompute only the block (and, for `prefix`, everything after it), attending to the kept K/V of the other
+positions. Those K/V belong to the block's first step (its tokens and its t), so later steps differ from
+the full forward: faster, not exact. `cache="none"` is the exact sampler.
+"""
 
 
 def _write_json(path: str, data: Dict[str, Any]) -> None:

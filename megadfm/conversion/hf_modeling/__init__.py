@@ -1,11 +1,12 @@
 """The transformers modeling and config code copied into every HF export (trust_remote_code).
 
-These two files must stay self-contained (torch + transformers only): the exported folder has no
+These files must stay self-contained (torch + transformers only): the exported folder has no
 megadfm. tools/convert_megadfm_to_hf.py copies them next to config.json and names them in its
 ``auto_map``; tests import them from here to compare with megadfm's model.
 """
 
-CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py")
+# modeling_megadfm imports generation_megadfm (diffusion_generate) relatively, so transformers loads it from the folder
+CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py", "generation_megadfm.py")
 MODEL_TYPE = "megadfm_qwen3"
 AUTO_MAP = {
     "AutoConfig": "configuration_megadfm.MegaDFMQwen3Config",

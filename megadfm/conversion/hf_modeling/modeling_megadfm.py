@@ -7,6 +7,8 @@ megadfm on the same inputs. Imports only torch and transformers.
     model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)
     logits = model(input_ids, t=t, attention_mask=mask).logits   # [B, L, V] fp32
 
+    out = model.diffusion_generate(prompt_ids, max_new_tokens=64, steps=64, method="confidence")  # megadfm's sampler
+
 ``t`` [B] in [0, 1] is the flow-matching time: t = 0 is all masked, t = 1 is clean; the mask ratio
 is 1 - kappa(t) (kappa(t) = t for the linear scheduler). Attention is bidirectional (see
 ``config.attention_mode``); ``attention_mask`` marks real tokens (padding keys are never attended).
@@ -29,6 +31,7 @@ except ValueError:  # an unparsable version string
     _TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 
 from .configuration_megadfm import MegaDFMQwen3Config
+from .generation_megadfm import MegaDFMGenerationMixin
 
 N_MODULATIONS = 6  # shift, scale, gate for attention, then for the MLP
 TIME_SCALE = 1000.0  # t is embedded as 1000 * t
@@ -72,6 +75,20 @@ def attention_mask_4d(attention_mask, batch_size, seq_len, causal, device):
     return allowed[:, None]
 
 
+def columns_mask(query_positions, key_positions, key_valid, causal):
+    """Bool [B or 1, 1, Lq, Lk] for queries at ``query_positions`` over keys at ``key_positions`` (columns of
+    one row), or None when every query sees every key. A query sees valid keys (``key_valid`` [B, Lk];
+    None: all), and with causal attention only keys at columns <= its own; it always sees its own column,
+    so a padding query's softmax row is never all -inf."""
+    if key_valid is None and not causal:
+        return None
+    same = key_positions[None, :] == query_positions[:, None]
+    allowed = torch.ones_like(same)[None] if key_valid is None else key_valid.to(torch.bool)[:, None, :]
+    if causal:
+        allowed = allowed & (key_positions[None, :] <= query_positions[:, None])[None]
+    return (allowed | same[None])[:, None]
+
+
 def timestep_embedding(t, dim, max_period=10000.0):
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
@@ -107,13 +124,19 @@ class MegaDFMAttention(nn.Module):
         self.k_norm = MegaDFMRMSNorm(self.head_dim, config.rms_norm_eps)
         self.causal = config.attention_mode == "causal"
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, past=None, kv_out=None):
+        """``past``: (k, v) [B, Hkv, Lp, D] of other columns put before this call's keys (a K/V cache; ``mask``
+        then covers [past ; fresh] keys and causality is in it). ``kv_out``: a list this call's (k, v) is appended to."""
         B, L, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(B, L, self.n_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
+        if kv_out is not None:
+            kv_out.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None and past is None,
                                              enable_gqa=q.shape[1] != k.shape[1])
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
 
@@ -176,12 +199,13 @@ class MegaDFMBlock(nn.Module):
         else:
             self.adaln = None
 
-    def forward(self, x, cos, sin, mask, cond):
+    def forward(self, x, cos, sin, mask, cond, past=None, kv_out=None):
         if cond is None:
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, past, kv_out)
             return x + self.mlp(self.post_attention_layernorm(x))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(cond).unbind(1)
-        x = x + (1 + gate_a[:, None, :]) * self.self_attn(self.input_layernorm(x, shift_a, scale_a), cos, sin, mask)
+        x = x + (1 + gate_a[:, None, :]) * self.self_attn(self.input_layernorm(x, shift_a, scale_a), cos, sin, mask,
+                                                          past, kv_out)
         return x + (1 + gate_m[:, None, :]) * self.mlp(self.post_attention_layernorm(x, shift_m, scale_m))
 
 
@@ -249,6 +273,48 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
             return (hidden,)
         return BaseModelOutput(last_hidden_state=hidden)
 
+    # ---- block-wise K/V cache (diffusion_generate's cache="prefix" / "dual", generation_megadfm.py) ----
+
+    def forward_with_kv(self, input_ids, t, attention_mask):
+        """The full forward (position ids 0..L-1) -> (hidden [B, L, H], per layer (k, v) [B, Hkv, L, D] after
+        k-norm and rotary), the cache a block's later steps attend to."""
+        B, L = input_ids.shape
+        positions = torch.arange(L, device=input_ids.device)
+        mask = columns_mask(positions, positions, attention_mask, self.config.attention_mode == "causal")
+        return self._run_columns(input_ids, t, positions, None, mask)
+
+    def forward_columns(self, input_ids, t, columns, cache, attention_mask):
+        """hidden [B, C, H] of the tokens ``input_ids`` [B, C] at ``columns`` [C] (one contiguous run, the same
+        for every row), each layer attending to its own fresh K/V and to the cached K/V (``cache``: per layer
+        (k, v) [B, Hkv, L, D] from :meth:`forward_with_kv`) of every column NOT in ``columns``.
+        ``attention_mask`` [B, L] marks the real columns. Exact only while the cached columns' K/V are
+        current; after the block's tokens (or t) change they are stale: an approximation."""
+        B, C = input_ids.shape
+        L = cache[0][0].shape[2]
+        others = torch.ones(L, dtype=torch.bool, device=input_ids.device)
+        others[columns] = False
+        keep = others.nonzero(as_tuple=True)[0]
+        key_positions = torch.cat([keep, columns])
+        key_valid = attention_mask.to(torch.bool).index_select(1, key_positions)
+        mask = columns_mask(columns, key_positions, None if bool(key_valid.all()) else key_valid,
+                            self.config.attention_mode == "causal")
+        past = [(k.index_select(2, keep), v.index_select(2, keep)) for k, v in cache]
+        hidden, _ = self._run_columns(input_ids, t, columns, past, mask)
+        return hidden
+
+    def _run_columns(self, input_ids, t, positions, past, mask):
+        B, L = input_ids.shape
+        if int(positions.max()) >= self.config.max_position_embeddings:
+            raise ValueError(f"position {int(positions.max())} exceeds max_position_embeddings="
+                             f"{self.config.max_position_embeddings}")
+        x = self.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(positions.expand(B, L), self.config.head_dim, self.config.rope_theta, x.dtype)
+        cond = self._time_condition(t, B)
+        fresh = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cond, None if past is None else past[i], fresh)
+        return self.norm(x), fresh
+
     def _time_condition(self, t, batch_size):
         if self.time_embedding is None:
             return None
@@ -262,9 +328,10 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
         return self.adaln_single(c) if self.adaln_single is not None else c
 
 
-class MegaDFMQwen3ForMaskedLM(MegaDFMQwen3PreTrainedModel):
+class MegaDFMQwen3ForMaskedLM(MegaDFMGenerationMixin, MegaDFMQwen3PreTrainedModel):
     """Backbone + LM head: ``forward(input_ids, t, attention_mask) -> MaskedLMOutput(logits [B, L, V] fp32)``,
-    mask-token logit -inf."""
+    mask-token logit -inf. ``diffusion_generate(input_ids, max_new_tokens=..., ...)``: megadfm's sampler
+    (generation_megadfm.py)."""
 
     _tied_weights_keys = _TIED
 
