@@ -178,6 +178,7 @@ def _generation_config(cfg: ModelConfig, src: MegaDFMSource, as_qwen3: bool) -> 
         "shift_logits": dfm.shift_logits if dfm else True,
         "scheduler": dfm.scheduler if dfm else "polynomial",
         "scheduler_exponent": dfm.scheduler_exponent if dfm else 1.0,
+        "source": dfm.source if dfm else "mask",
         "note": "defaults of megadfm.dfm.sampler_config.SamplerConfig; t = 0 is all masked, t = 1 is clean",
     }
     return out

@@ -13,8 +13,8 @@ at column i predicts the token at column i + 1). Prompt and suffix positions are
 tests/conversion/test_diffusion_generate.py checks the equality against the in-tree sampler.
 
 Only the mask source (training's ``dfm.source: mask``, megadfm's default) is supported: the export's
-generation_config.json does not carry a source, and a uniform/mixture source draws its start
-state and its jumps differently.
+generation_config.json records the source (``dfm_sampler.source``) and any other is refused, since a
+uniform/mixture source draws its start state and its jumps differently.
 
 ``cache``: ``none`` recomputes every column at every step (exact). ``prefix`` / ``dual`` are
 Fast-dLLM's block-wise K/V caches (confidence and threshold methods): a row's first evaluation in
