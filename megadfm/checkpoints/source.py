@@ -5,8 +5,10 @@ weights. It accepts
 
 - a run directory, its ``checkpoints/`` directory or one ``step_XXXXXXXX/`` directory: a DeepSpeed
   checkpoint of any ZeRO stage and world size (zero.py). The step is ``step`` if given, else the
-  newest complete one (layout.resolve_step: ``latest`` is only a logged hint). The run config is the
-  checkpoint's own ``config.yaml``.
+  newest complete one that verifies against its manifest (layout.newest_verified_step: ``latest`` is
+  only a logged hint). One that fails verification, or whose files then fail to load, is reported by
+  file and reason and the next newest is used (left in place: a reader never modifies a run). The
+  run config is the checkpoint's own ``config.yaml``.
 - a megadfm init folder (``megadfm_model.yaml`` + safetensors, tools/convert_hf_to_megadfm.py),
   streamed tensor by tensor.
 - a model folder (``config.yaml``, a run config, + ``model.safetensors``; dfm/model_loading.save_model_dir),
@@ -29,7 +31,7 @@ import yaml
 
 from megadfm.checkpoints.layout import (CHECKPOINTS_DIR, META_FILE, MODEL_CONFIG_FILE, RUN_CONFIG_FILE, TOKENIZER_SUBDIR,
                                         WEIGHTS_FILE, WEIGHTS_INDEX_FILE, CheckpointLocation, CheckpointNotFoundError,
-                                        is_init_folder, locate_checkpoint, step_of_tag)
+                                        is_init_folder, locate_checkpoint, report_bad, step_of_tag)
 from megadfm.checkpoints.safetensors_io import TensorSpec, read_header, read_tensors
 from megadfm.checkpoints.zero import step_weights
 from megadfm.config import MegaDFMConfig, load_config
@@ -65,7 +67,8 @@ class MegaDFMSource:
         return self._read(name)
 
 
-def open_source(path: str, step: Optional[int] = None) -> MegaDFMSource:
+def open_source(path: str, step: Optional[int] = None, verify: str = "sha256") -> MegaDFMSource:
+    """``verify`` (sha256 | size): how a DeepSpeed checkpoint is checked against its manifest first."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise SourceError(f"{path} does not exist or is not a directory")
@@ -74,7 +77,23 @@ def open_source(path: str, step: Optional[int] = None) -> MegaDFMSource:
             raise SourceError(f"{path} is a megadfm {'init' if is_init_folder(path) else 'model'} folder (one set of "
                               "weights); --step does not apply")
         return _open_init_folder(path) if is_init_folder(path) else _open_model_folder(path)
-    return _open_deepspeed(locate_checkpoint(path, step))
+    return _open_newest_loadable(path, step, verify)
+
+
+def _open_newest_loadable(path: str, step: Optional[int], verify: str) -> MegaDFMSource:
+    """The newest verified checkpoint whose weights load; one that verifies but fails to load (a
+    checkpoint saved before manifests) is reported and the next newest tried. An explicit step or step
+    directory gets no fallback: its error is raised."""
+    failed: List[int] = []
+    while True:
+        loc = locate_checkpoint(path, step, verify, exclude=failed)
+        if step is not None or step_of_tag(os.path.basename(path)) is not None:
+            return _open_deepspeed(loc)
+        try:
+            return _open_deepspeed(loc)
+        except Exception as e:  # any failure to read the files: report by file and reason, fall back (module docstring)
+            report_bad(loc.root, loc.step, f"{loc.path}: loading failed ({type(e).__name__}: {e})", set_aside=False)
+            failed.append(loc.step)
 
 
 def _is_model_folder(path: str) -> bool:

@@ -70,6 +70,10 @@ class CheckpointConfig:
     keep_every: Optional[int] = doc(None, "Additionally keep every checkpoint whose step is a multiple of this.")
     resume: bool = doc(True, "Resume from the newest complete checkpoint in output_dir/checkpoints if there is one.")
     min_free_bytes: int = doc(0, "Refuse to save (cleanly) when the disk would have less than this free after the save.")
+    verify: Literal["sha256", "size"] = doc(
+        "sha256", "How a resume checks a checkpoint against its manifest before loading it: sha256 re-reads and hashes "
+        "every file; size only compares file sizes (for runs whose checkpoints are too large to read twice). A "
+        "checkpoint that fails is renamed to .corrupt-<tag> and the next newest is used.")
     allow_changes: List[str] = doc(
         help="Dotted keys (e.g. data.seq_len, model.rope_theta, data.tokenizer, training.global_batch_size) a resume may "
              "change although the checkpoint was trained under other values; each accepted change is logged. Without "

@@ -39,6 +39,8 @@ logger = logging.getLogger("megadfm")
 
 EXIT_STOPPED = 3
 """Exit status of a run stopped by the step policy (non-finite loss, or a spike with action stop)."""
+EXIT_SAVE_FAILED = 4
+"""Exit status of a run whose checkpoint save failed, or whose final save was refused for lack of disk space."""
 
 DataFactory = Callable[[MegaDFMConfig, int, int, int], Any]
 """(config, rank, world size, consumed samples) -> the trainer's data source (TrainingData's interface)."""
@@ -140,7 +142,7 @@ class Trainer:
         return model
 
     def _resume(self, step: int) -> None:
-        loaded = self.ckpt.load(self.engine, step)
+        loaded = self.ckpt.load_newest(self.engine, step)  # falls back past checkpoints that fail to load
         state = loaded.client_state
         self.step = int(state["step"])
         self.consumed_samples = int(state["consumed_samples"])
@@ -218,6 +220,17 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self) -> int:
+        """The exit status: 0, EXIT_STOPPED, or EXIT_SAVE_FAILED when a save failed or the final one was
+        refused (then "done" is not logged: the steps since the newest checkpoint are not saved)."""
+        from megadfm.training.checkpoint_verify import CheckpointSaveError
+
+        try:
+            return self._train()
+        except CheckpointSaveError as e:
+            logger.error("%s", e)
+            return EXIT_SAVE_FAILED
+
+    def _train(self) -> int:
         tcfg = self.cfg.training
         if self.step >= tcfg.train_steps:
             logger.info("nothing to do: step %d >= training.train_steps %d", self.step, tcfg.train_steps)

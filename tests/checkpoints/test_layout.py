@@ -66,3 +66,59 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="no complete megadfm checkpoint"):
         locate_checkpoint(str(tmp_path / "empty"))
     assert resolve_step(os.path.join(str(tmp_path), "missing")) is None
+
+
+# ---- manifests: the newest complete step that verifies ------------------------------------------
+
+def make_verified_run(tmp_path, steps):
+    """Step directories as a save writes them: a data file, the meta file naming the manifest, the manifest."""
+    import hashlib
+    import json
+
+    from megadfm.checkpoints.layout import MANIFEST_FILE
+
+    root = tmp_path / "run" / "checkpoints"
+    for s in steps:
+        d = root / tag_for_step(s)
+        d.mkdir(parents=True)
+        (d / "shard.pt").write_bytes(bytes(range(256)) * 40)
+        (d / META_FILE).write_text(json.dumps({"step": s, "manifest": MANIFEST_FILE}))
+        files = [{"path": n, "size": (d / n).stat().st_size, "sha256": hashlib.sha256((d / n).read_bytes()).hexdigest()}
+                 for n in ("shard.pt", META_FILE)]
+        (d / MANIFEST_FILE).write_text(json.dumps({"format": 1, "files": files}))
+    return root
+
+
+def test_verification_names_the_file_and_falls_back(tmp_path, caplog):
+    from megadfm.checkpoints.layout import CORRUPT_PREFIX, MANIFEST_FILE, newest_verified_step
+
+    root = make_verified_run(tmp_path, [2, 4, 6, 8])
+    with open(root / tag_for_step(8) / "shard.pt", "r+b") as f:  # same size, other bytes
+        f.seek(100)
+        f.write(b"rot")
+    (root / tag_for_step(6) / "shard.pt").write_bytes(b"short")
+    (root / tag_for_step(4) / MANIFEST_FILE).write_bytes(b"\xff\xfe not json")
+    with caplog.at_level(logging.INFO):
+        assert newest_verified_step(str(root), "size") == 8  # size-only cannot see same-size rot
+        assert newest_verified_step(str(root)) == 2  # readers: reported, left in place
+    text = caplog.text
+    assert "step_00000008/shard.pt: sha256" in text and "step_00000006/shard.pt: 5 bytes, the manifest says 10240" in text
+    assert f"{MANIFEST_FILE}: missing or unreadable manifest" in text and "MB/s" in text
+    assert complete_steps(str(root)) == [2, 4, 6, 8]
+    assert newest_verified_step(str(root), set_aside=True) == 2  # a resume: renamed, never deleted
+    assert sorted(os.listdir(root)) == [CORRUPT_PREFIX + tag_for_step(s) for s in (4, 6, 8)] + [tag_for_step(2)]
+    assert locate_checkpoint(str(tmp_path / "run")).step == 2
+
+
+def test_nothing_verifies_is_an_error_not_a_fresh_start(tmp_path):
+    from megadfm.checkpoints.layout import NoVerifiedCheckpointError, newest_verified_step
+
+    root = make_verified_run(tmp_path, [2])
+    (root / tag_for_step(2) / "shard.pt").unlink()
+    (root / LATEST_FILE).write_bytes(b"\x00\x9f\x92\x96")
+    with pytest.raises(NoVerifiedCheckpointError, match="shard.pt: missing"):
+        newest_verified_step(str(root), set_aside=True)
+    with pytest.raises(NoVerifiedCheckpointError, match="set aside earlier: .corrupt-step_00000002"):
+        newest_verified_step(str(root), set_aside=True)  # a rerun: still refused
+    with pytest.raises(CheckpointNotFoundError, match="no usable checkpoint"):
+        locate_checkpoint(str(tmp_path / "run"))

@@ -2,14 +2,18 @@
 
     deepspeed --num_accelerators 2 tests/training/fault_injection.py --fault nan_loss_at_step=3 --config c.yaml
 
-Faults that cannot be provoked reliably for real: a non-finite loss on demand, and a save that fails
-after every file was written (as a full disk or an I/O error would).
+Faults that cannot be provoked reliably for real: a non-finite loss on demand, a save that fails
+after every file was written (as a full disk or an I/O error would), a disk that fills up in the
+middle of a save, and a save slowed down so that a kill soak can hit it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -39,7 +43,43 @@ class FailSaveAtStep(Callback):
             raise OSError(f"injected fault: simulated write failure while saving {directory}")
 
 
-FAULTS = {"nan_loss_at_step": NaNLossAtStep, "fail_save_at_step": FailSaveAtStep}
+class FillDiskAtStep(Callback):
+    """While saving one step, write filler into the unpublished directory until the disk is full: a
+    real ENOSPC on a small filesystem (< 1 GiB, e.g. a test's tmpfs); elsewhere 1 MiB is written and
+    ENOSPC raised, so that a big disk is never filled."""
+
+    SMALL = 1 << 30
+
+    def __init__(self, step: str):
+        self.step = int(step)
+
+    def pre_checkpoint_publish(self, trainer, step: int, directory: str) -> None:
+        if step != self.step:
+            return
+        real = shutil.disk_usage(directory).total < self.SMALL
+        with open(os.path.join(directory, f"filler_rank{trainer.rank}.bin"), "wb") as f:
+            for _ in range(1 << 14 if real else 1):
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        raise OSError(errno.ENOSPC, f"injected fault: {'filesystem still not full' if real else 'simulated full disk'}", directory)
+
+
+class SlowSaveMs(Callback):
+    """Sleep inside every save, between DeepSpeed's files and publishing, announcing it on stdout (a kill
+    soak widens the save window with it and times kills from the announcement)."""
+
+    def __init__(self, ms: str):
+        self.seconds = int(ms) / 1000
+
+    def pre_checkpoint_publish(self, trainer, step: int, directory: str) -> None:
+        if trainer.rank == 0:
+            print(f"fault: slow save of step {step} started", flush=True)
+        time.sleep(self.seconds)
+
+
+FAULTS = {"nan_loss_at_step": NaNLossAtStep, "fail_save_at_step": FailSaveAtStep, "fill_disk_at_step": FillDiskAtStep,
+          "slow_save_ms": SlowSaveMs}
 
 
 def split_faults(argv):
