@@ -41,7 +41,7 @@ def test_registered_values():
     assert LOSS_WEIGHTINGS.keys() == ["kl", "inverse_mask_ratio", "none"]
     assert LOSS_NORMALIZERS.keys() == ["tokens", "masked", "all_positions"]
     assert LOSS_PRESETS.keys() == ["coda"]
-    assert SamplerConfig.__dataclass_fields__["method"].metadata["choices"].keys() == ["euler", "confidence"]
+    assert SamplerConfig.__dataclass_fields__["method"].metadata["choices"].keys() == ["euler", "confidence", "threshold"]
 
 
 def test_presets_name_registered_pieces_and_no_weighting():
