@@ -32,6 +32,7 @@ from megadfm.training.ds_config import build_ds_config
 from megadfm.training.grad_norms import compute_grad_norms
 from megadfm.training.lr_schedule import lr_multiplier
 from megadfm.training.optim import build_optimizer
+from megadfm.training.provenance import check_data_provenance, check_resume_provenance
 from megadfm.training.train_module import DFMTrainingModule
 from megadfm.training.training_data import TrainingData
 
@@ -78,7 +79,6 @@ class Trainer:
         self.out_dir = tcfg.output_dir
         if rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
-            dump_config(cfg, os.path.join(self.out_dir, RUN_CONFIG_FILE))
         logger.info("megadfm run %s: world size %d (%s, backend %s), ZeRO stage %d, precision %s, "
                     "global batch %d = micro %d x accumulation %d x data-parallel %d, seq_len %d",
                     self.out_dir, world_size, self.device.type, dist.get_backend(), tcfg.zero_stage, tcfg.precision,
@@ -91,11 +91,11 @@ class Trainer:
             self.module.register_zero3_external_parameters()
         self.ckpt = CheckpointManager(os.path.join(self.out_dir, CHECKPOINTS_DIR), cfg.checkpoint, rank, world_size)
         resume_from = self.ckpt.latest_step() if cfg.checkpoint.resume else None
-        from megadfm.training.provenance import check_data_provenance, check_resume_provenance
-
-        # before anything is loaded: a changed config or foreign data is refused, not met mid-run
+        # before anything is loaded or rewritten: a changed config or foreign data is refused, not met mid-run
         check_resume_provenance(cfg, self.ckpt, resume_from, self.global_batch)
         check_data_provenance(cfg)
+        if rank == 0:  # only now: a refused resume leaves the run's config.yaml as it was
+            dump_config(cfg, os.path.join(self.out_dir, RUN_CONFIG_FILE))
         if resume_from is not None and self.ckpt.needs_universal(resume_from):
             self.ckpt.prepare_universal(resume_from)
             self.ds_config["checkpoint"] = {"load_universal": True}
