@@ -29,11 +29,31 @@ def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None, 
     setup_logging(rank)
     from megadfm.training.trainer import Trainer  # heavy imports after logging is set up
 
-    trainer = Trainer(cfg, rank, _world_size(), callbacks=callbacks)
+    try:
+        trainer = Trainer(cfg, rank, _world_size(), callbacks=callbacks)
+    except refusals() as e:  # bad input caught at start-up: one message, no traceback, nothing trained
+        logging.getLogger("megadfm").error("refusing to start: %s", e)
+        return EXIT_REFUSED
     try:
         return trainer.train()
     finally:
         trainer.close()
+
+
+EXIT_REFUSED = 2
+"""Exit status of a run refused at start-up (provenance, data, tokenizer or checkpoint checks)."""
+
+
+def refusals() -> tuple:
+    """The errors that mean "this input is wrong", each of which names the file or field: reported as one line."""
+    from megadfm.checkpoints.layout import CheckpointNotFoundError
+    from megadfm.config_base import ConfigError
+    from megadfm.data.indexed import IndexedDatasetError
+    from megadfm.data.packing import DataError
+    from megadfm.data.tokenizer import TokenizerError
+    from megadfm.training.provenance import ProvenanceError
+
+    return (CheckpointNotFoundError, ConfigError, DataError, IndexedDatasetError, TokenizerError, ProvenanceError)
 
 
 def _world_size() -> int:
