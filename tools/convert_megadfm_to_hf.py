@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "float32 for an fp32 run (DeepSpeed's fp32 master weights), the stored dtype for an init folder.")
     p.add_argument("--tokenizer", metavar="DIR", default=None,
                    help="Local HF tokenizer folder (default: the run config's data.tokenizer, or the init folder's tokenizer/).")
+    p.add_argument("--allow-other-tokenizer", action="store_true",
+                   help="Ship a tokenizer whose tokenizer.json differs from the one the run was trained with (refused by default).")
     return parse_output_args(p, argv)  # + --force, --no-progress
 
 
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
 
     # checkpoint=: a torch load error is reported with the unreadable file under --ckpt, not as a traceback
     return run_tool("convert_megadfm_to_hf", export_to_hf, args, checkpoint=args.ckpt, ckpt=args.ckpt, out_dir=args.out,
-                    step=args.step, as_qwen3=args.as_qwen3, dtype=args.dtype, tokenizer=args.tokenizer)
+                    step=args.step, as_qwen3=args.as_qwen3, dtype=args.dtype, tokenizer=args.tokenizer,
+                    allow_other_tokenizer=args.allow_other_tokenizer)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: bool = False, max_shard_size: str = "2GB",
                  dtype: str = "auto", tokenizer: Optional[str] = None, force: bool = False,
-                 progress: bool = False) -> Dict[str, Any]:
+                 progress: bool = False, allow_other_tokenizer: bool = False) -> Dict[str, Any]:
     """Export; returns the metadata written to ``megadfm_conversion.json``. Raises (writing nothing
     under ``out_dir``) on any problem."""
     max_bytes = parse_size(max_shard_size)
@@ -66,7 +66,7 @@ def export_to_hf(ckpt: str, out_dir: str, step: Optional[int] = None, as_qwen3: 
     from megadfm.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir, cfg.mask_token_id)
-    _check_tokenizer_hash(src, tokenizer_dir)
+    _check_tokenizer_hash(src, tokenizer_dir, allow_other_tokenizer)
     shapes = {n: s.shape for n, s in src.specs.items()}
     warnings: List[str] = []
     if as_qwen3:
@@ -134,13 +134,22 @@ def _resolve_dtype(dtype: str, src: MegaDFMSource) -> torch.dtype:
     return floats.pop() if len(floats) == 1 else torch.float32
 
 
-def _check_tokenizer_hash(src: MegaDFMSource, tokenizer_dir: str) -> None:
+def _check_tokenizer_hash(src: MegaDFMSource, tokenizer_dir: str, allow_other: bool) -> None:
+    """An export ships the tokenizer the run trained with: another one (same size, other merges) would encode
+    the same text to other ids, silently. Refused unless --allow-other-tokenizer."""
     expected = (src.meta or {}).get("tokenizer_json_sha256")
     path = os.path.join(tokenizer_dir, "tokenizer.json")
-    if expected and os.path.isfile(path):
-        if sha256_file(path) != expected:
-            logger.warning("%s differs from the tokenizer.json the run was trained with (sha256 %s in %s)", path,
-                           expected[:12], src.path)
+    if not expected or not os.path.isfile(path):
+        return
+    found = sha256_file(path)
+    if found == expected:
+        return
+    message = (f"{path} (sha256 {found[:16]}...) is not the tokenizer.json the run was trained with (sha256 "
+               f"{expected[:16]}... recorded in {src.path}); an export with it would encode text to other ids")
+    if not allow_other:
+        raise SourceError(message + ". Pass the run's tokenizer with --tokenizer DIR, or --allow-other-tokenizer if you "
+                                    "really mean to ship this one")
+    logger.warning("%s (--allow-other-tokenizer)", message)
 
 
 def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen3: bool) -> Dict[str, Any]:

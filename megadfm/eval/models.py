@@ -8,7 +8,8 @@ the log), or a megadfm HF export -- sampled with :func:`megadfm.dfm.sampler.gene
 transformers' ``generate`` and its KV cache: the autoregressive baseline on the same problems.
 
 Both count what a score must be read with: forward passes of the model (NFE, counted by a forward
-hook, so the two kinds are counted the same way), new tokens (the prompt never counts; a row ends
+hook for AR models; the DFM sampler's own full-sequence and block-only counts, since a KV-cached block
+forward does not go through the module's ``__call__``), new tokens (the prompt never counts; a row ends
 at its first EOS) and the wall time of generation.
 """
 
@@ -43,12 +44,15 @@ def weights_sha256(module: torch.nn.Module) -> str:
 @dataclass
 class GenerationStats:
     nfe: int = 0
+    nfe_full: int = 0           # forward passes over whole sequences
+    nfe_block: int = 0          # forward passes over a block's columns only (a DFM sampler with a KV cache)
     new_tokens: int = 0
     seconds: float = 0.0
     calls: int = 0
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"nfe": self.nfe, "new_tokens": self.new_tokens, "seconds": round(self.seconds, 4), "generate_calls": self.calls,
+        return {"nfe": self.nfe, "nfe_full": self.nfe_full, "nfe_block": self.nfe_block, "new_tokens": self.new_tokens,
+                "seconds": round(self.seconds, 4), "generate_calls": self.calls,
                 "tokens_per_s": self.new_tokens / self.seconds if self.seconds > 0 else None}
 
 
@@ -115,19 +119,16 @@ class DFMEvalModel(EvalModel):
     model: Any = None
     dfm: DFMConfig = field(default_factory=DFMConfig)
     pad_token_id: int = 0
-    _counter: Any = None
-
-    def __post_init__(self) -> None:
-        self._counter = _ForwardCounter(self.model)
 
     def _generate(self, prompts, budgets, suffixes):
         from megadfm.dfm.sampler import generate
 
-        before = self._counter.count
         result = generate(self.model, prompts, budgets, self.sampler, self.dfm, suffixes=suffixes,
                           pad_token_id=self.pad_token_id,
                           generator=torch.Generator(device=self.device).manual_seed(self.sampler.seed + self.stats.calls))
-        self.stats.nfe += self._counter.count - before
+        self.stats.nfe_full += result.nfe_full
+        self.stats.nfe_block += result.nfe_block
+        self.stats.nfe += result.nfe_full + result.nfe_block
         self.stats.new_tokens += sum(len(t) for t in result.tokens)
         self.stats.seconds += result.seconds
         self.stats.calls += 1
@@ -163,6 +164,7 @@ class ARCausalLM(EvalModel):
                                   eos_token_id=cfg.eos_token_id, pad_token_id=self.pad_token_id, use_cache=True)
         self.stats.seconds += time.perf_counter() - start
         self.stats.nfe += self._counter.count - before
+        self.stats.nfe_full += self._counter.count - before  # each AR step is one (KV-cached) forward
         self.stats.calls += 1
         rows = []
         for b, budget in enumerate(budgets):

@@ -118,6 +118,6 @@ def run_task(model: EvalModel, task: str, settings: TaskSettings):
     result = EVAL_TASKS.get(task)(model, settings)
     wall = time.perf_counter() - start
     after = model.stats.as_dict()
-    generation = {k: after[k] - before[k] for k in ("nfe", "new_tokens", "seconds", "generate_calls")}
+    generation = {k: after[k] - before[k] for k in ("nfe", "nfe_full", "nfe_block", "new_tokens", "seconds", "generate_calls")}
     generation["tokens_per_s"] = generation["new_tokens"] / generation["seconds"] if generation["seconds"] > 0 else None
     return result, generation, wall

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -124,3 +125,19 @@ def test_as_qwen3_without_time_conditioning_and_bad_step(trained, tmp_path):
     with pytest.raises(SourceError, match=r"no complete checkpoint for step 7; complete steps: \[2\]"):
         export_to_hf(trained["zero0"], str(tmp_path / "bad"), step=7)
     assert not os.path.lexists(tmp_path / "bad")
+
+
+def test_export_refuses_a_tokenizer_the_run_did_not_train_with(trained, tmp_path, tokenizer_dir):
+    """Same vocabulary, other bytes (here: re-serialised with other whitespace) -> another sha256: refused by
+    default, naming both; shipped only when asked for explicitly."""
+    other = tmp_path / "other_tok"
+    shutil.copytree(tokenizer_dir, other)
+    with open(other / "tokenizer.json") as f:
+        data = json.load(f)
+    with open(other / "tokenizer.json", "w") as f:
+        json.dump(data, f, indent=1)
+    with pytest.raises(SourceError, match=r"is not the tokenizer.json the run was trained with"):
+        export_to_hf(trained["zero3"], str(tmp_path / "hf"), tokenizer=str(other))
+    assert not os.path.lexists(tmp_path / "hf")
+    export_to_hf(trained["zero3"], str(tmp_path / "hf"), tokenizer=str(other), allow_other_tokenizer=True)
+    assert os.path.isfile(tmp_path / "hf" / "config.json")

@@ -416,7 +416,7 @@ function render() {
 
 // Evaluation panel (kind "eval" records): one small chart per eval/<task>/<metric>, its _stderr sibling as
 // error bars, the latest value as text, and a table of the latest values with each task's NFE and tokens/s.
-var EVAL_TEXT_ONLY = {nfe: "NFE", tokens_per_s: "tokens/s"};  // generation cost, not a score: text only, no chart
+var EVAL_TEXT_ONLY = {nfe: "NFE", nfe_block: "block NFE", tokens_per_s: "tokens/s"};  // generation cost, not a score: text only, no chart
 var EVAL_CHARTS = 0;
 
 function isStderrKey(E, key) { return /_stderr$/.test(key) && (key.slice(0, -7) in E.cols); }

@@ -38,6 +38,7 @@ def flat_scores(task: str, result: Dict[str, Any], generation: Dict[str, Any]) -
         if result.get(key) is not None:
             out[f"eval/{task}/{key}"] = result[key]
     out[f"eval/{task}/nfe"] = generation.get("nfe")
+    out[f"eval/{task}/nfe_block"] = generation.get("nfe_block")
     out[f"eval/{task}/tokens_per_s"] = generation.get("tokens_per_s")
     return out
 
@@ -99,7 +100,7 @@ class EvaluationCallback(Callback):
         trainer.callbacks.call("on_validation", trainer, trainer.step, record)
         logger.info("evaluation at step %d: %s", trainer.step,
                     ", ".join(f"{k[5:]}={v:.4g}" for k, v in record.items()
-                              if k.startswith("eval/") and isinstance(v, float) and not k.endswith(("_stderr", "/nfe"))))
+                              if k.startswith("eval/") and isinstance(v, float) and not k.endswith(("_stderr", "/nfe", "/nfe_block"))))
         return record
 
     def _run_tasks(self, trainer: "Trainer", record: Dict[str, Any]) -> None:
