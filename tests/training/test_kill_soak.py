@@ -14,7 +14,7 @@ def test_three_kills_lose_nothing(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("kill_soak", os.path.join(REPO, "bench", "kill_soak.py"))
     kill_soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kill_soak)
-    status = kill_soak.soak(str(tmp_path), kills=3, steps=22, slow_ms=1000, seed=1, startup_timeout=400)
+    status = kill_soak.soak(str(tmp_path), kills=3, steps=14, slow_ms=600, seed=1, startup_timeout=400)
     out = capsys.readouterr().out
     assert "kills survived: 3" in out and "corrupt checkpoints: 0" in out, out
     assert "incomplete saves left: 0" in out and "bitwise equal: yes" in out, out
