@@ -86,3 +86,19 @@ def stdlib_prefix(tmp_path_factory, tokenizer_dir) -> str:
                     "--tokenizer", tokenizer_dir, "--append-eod", "--output-prefix", str(out / "stdlib"),
                     "--max-documents", "80", "--workers", "1", "--no-progress"], check=True, capture_output=True)
     return str(out / "stdlib_text_document")
+
+
+DEEPSPEED_SHM_GLOB = "/dev/shm/deepspeed_allreduce_buffer_*"
+
+
+@pytest.fixture(autouse=True)
+def remove_deepspeed_shm_buffers():
+    """DeepSpeed's CPU shared-memory all-reduce leaves a ~66 MB buffer per rank and port in /dev/shm and never
+    removes it (nor can a SIGKILLed rank): dozens of engine launches would fill a 24 GiB machine's memory.
+    Remove the ones a test created once it is over."""
+    import glob
+
+    before = set(glob.glob(DEEPSPEED_SHM_GLOB))
+    yield
+    for path in set(glob.glob(DEEPSPEED_SHM_GLOB)) - before:
+        os.remove(path)

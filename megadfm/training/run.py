@@ -38,19 +38,7 @@ def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None, 
         status = trainer.train()
     finally:
         trainer.close()
-    shutdown_distributed()  # only after a run every rank finished: a rank that raised must not wait for the others
     return status
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group together and tear it down before the interpreter exits: letting
-    interpreter shutdown destroy gloo's threads while a peer is still exiting can abort a rank
-    ("terminate called without an active exception") after a run that finished."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 EXIT_REFUSED = 2
