@@ -52,3 +52,12 @@ def assert_time_matches_mask_ratio(calls, gen: torch.Tensor, mask_id: int, sched
             frac = float(masked.sum()) / n
             r0 = float(r[0])
             assert abs(frac - r0) <= 5 * (r0 * (1 - r0) / n) ** 0.5 + 0.02, (frac, r0, float(t[0]))
+
+
+def tiny_sampler_model(vocab: int, mask: int):
+    """The small random Qwen3DFM the sampler tests decode with (eval mode)."""
+    from megadfm.model import ModelConfig, Qwen3DFM
+
+    m = Qwen3DFM(ModelConfig(vocab_size=vocab, mask_token_id=mask, hidden_size=32, intermediate_size=64,
+                             num_attention_heads=4, num_key_value_heads=2, kernels="torch"), seed=0)
+    return m.eval()

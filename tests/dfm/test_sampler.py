@@ -8,18 +8,15 @@ from megadfm.dfm.config import DFMConfig
 from megadfm.dfm.sampler import generate, time_grid
 from megadfm.dfm.sampler_config import SamplerConfig
 from megadfm.dfm.schedulers import make_scheduler
-from megadfm.model import ModelConfig, Qwen3DFM
 
-from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask
+from .helpers import Recorder, tiny_sampler_model, assert_time_matches_mask_ratio, generation_mask
 
 VOCAB, MASK, PAD = 64, 60, 0
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = Qwen3DFM(ModelConfig(vocab_size=VOCAB, mask_token_id=MASK, hidden_size=32, intermediate_size=64,
-                             num_attention_heads=4, num_key_value_heads=2, kernels="torch"), seed=0)
-    return m.eval()
+    return tiny_sampler_model(VOCAB, MASK)
 
 
 PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [11, 12]]
