@@ -92,13 +92,15 @@ DEEPSPEED_SHM_GLOB = "/dev/shm/deepspeed_allreduce_buffer_*"
 
 
 @pytest.fixture(autouse=True)
-def remove_deepspeed_shm_buffers():
-    """DeepSpeed's CPU shared-memory all-reduce leaves a ~66 MB buffer per rank and port in /dev/shm and never
-    removes it (nor can a SIGKILLed rank): dozens of engine launches would fill a 24 GiB machine's memory.
-    Remove the ones a test created once it is over."""
+def no_deepspeed_shm_buffers_left():
+    """No test may leave DeepSpeed's ~66 MB shared-memory all-reduce buffers in /dev/shm: megadfm keeps
+    DeepSpeed from creating them (training.distributed.skip_shm_allreduce_op). Dozens of engine launches
+    that each left two used to fill a 24 GiB machine's memory. Any found are removed, then reported."""
     import glob
 
     before = set(glob.glob(DEEPSPEED_SHM_GLOB))
     yield
-    for path in set(glob.glob(DEEPSPEED_SHM_GLOB)) - before:
+    left = sorted(set(glob.glob(DEEPSPEED_SHM_GLOB)) - before)
+    for path in left:
         os.remove(path)
+    assert not left, f"the test left DeepSpeed shared-memory buffers behind: {left}"

@@ -31,6 +31,7 @@ def init_distributed() -> tuple[int, int, int]:
     import deepspeed
 
     if not dist.is_initialized():
+        skip_shm_allreduce_op()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -38,6 +39,28 @@ def init_distributed() -> tuple[int, int, int]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     return rank, world, local_rank
+
+
+def skip_shm_allreduce_op() -> None:
+    """Tell DeepSpeed its CPU shared-memory all-reduce op is unavailable, before it initialises.
+
+    Only ``inference_all_reduce`` (DeepSpeed inference and AutoTP) uses that op; training never does.
+    Left on, every rank compiles it on a fresh machine (about a minute of C++), and creates a 66 MB
+    segment in /dev/shm that DeepSpeed never unlinks: every run, and every killed rank, left one per
+    rank until the host ran out of memory. DeepSpeed looks the op up in ``deepspeed.ops.__compatible_ops__``
+    (one dict, cached on first access so that edits persist); marking it incompatible makes DeepSpeed
+    fall back to torch.distributed, which is what the training collectives use anyway."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group while the interpreter is still whole: left to interpreter teardown,
+    gloo's worker threads can abort the process ("terminate called without an active exception",
+    exit -6) after the run itself succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -9,7 +9,7 @@ import warnings
 from typing import Optional, Sequence
 
 from megadfm.config import MegaDFMConfig
-from megadfm.training.distributed import init_distributed
+from megadfm.training.distributed import init_distributed, shutdown_distributed
 
 
 def setup_logging(rank: int) -> None:
@@ -27,6 +27,13 @@ def run_training(cfg: MegaDFMConfig, args: Optional[argparse.Namespace] = None, 
     """Train ``cfg``; ``callbacks`` (megadfm.training.callbacks.Callback) run after the built-in ones."""
     rank, _, _ = init_distributed()
     setup_logging(rank)
+    try:
+        return _train(cfg, rank, callbacks)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: MegaDFMConfig, rank: int, callbacks: Sequence) -> int:
     from megadfm.training.trainer import Trainer  # heavy imports after logging is set up
 
     try:

@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from megadfm.training.distributed import free_port
+from megadfm.training.distributed import free_port, skip_shm_allreduce_op
 
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -43,6 +43,7 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable, args: Sequence[A
         import torch.distributed as dist
 
         torch.set_num_threads(1)
+        skip_shm_allreduce_op()  # as every megadfm run does: nothing compiled, nothing left in /dev/shm
         dist.init_process_group("gloo", rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}")
         try:
             outcome = {"ok": True, "value": fn(rank, world_size, *args)}
