@@ -182,9 +182,9 @@ def check_data_provenance(cfg: MegaDFMConfig) -> None:
     if not cfg.data.blend:
         return  # nothing named to check: a custom data source (Trainer's data_factory) brings its own batches
     from megadfm.data.token_validation import validate_blend_token_ids
-    from megadfm.data.tokenizer import load_tokenizer
+    from megadfm.data.tokenizer import tokenizer_size as read_tokenizer_size
 
-    tokenizer_size = len(load_tokenizer(cfg.data.tokenizer, cfg.model.mask_token_id))
+    tokenizer_size = read_tokenizer_size(cfg.data.tokenizer, cfg.model.mask_token_id)
     sha = tokenizer_sha256(cfg.data.tokenizer)
     for source in cfg.data.blend:
         if not check_summary(source.prefix, cfg.data.tokenizer, tokenizer_size, sha) and _rank0():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from megadfm.data.qwen_tokenizer_build import QWEN3_TOKENIZER_JSON_SHA256, build_tokenizer_json, sha256_file
-from megadfm.data.tokenizer import TokenizerError, load_tokenizer
+from megadfm.data.tokenizer import TokenizerError, load_tokenizer, tokenizer_size
 
 from tests.conftest import REPO, stdlib_python_files
 
@@ -123,3 +123,13 @@ def test_mask_added_to_a_folder_without_it(tmp_path, tokenizer_dir):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = load_tokenizer(str(tmp_path))
     assert tok.mask_token_id == 151669 and tok.encode("<|mask|>") == [151669]
+    assert tokenizer_size(str(tmp_path)) == len(tok) == 151670
+    with pytest.raises(TokenizerError, match="would give it id 151669"):
+        tokenizer_size(str(tmp_path), mask_token_id=151700)
+
+
+def test_size_without_transformers_equals_loaded_length(tokenizer_dir):
+    """Training ranks read the size from the files (no transformers import): it must be len() of the real loader."""
+    assert tokenizer_size(tokenizer_dir) == len(load_tokenizer(tokenizer_dir)) == 151670
+    with pytest.raises(TokenizerError, match="mask_token_id is 151670"):
+        tokenizer_size(tokenizer_dir, mask_token_id=151670)
