@@ -91,6 +91,19 @@ def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.
     return ce.float(), row
 
 
+def scored_weighted_loss(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.Tensor, scored: torch.Tensor,
+                         segment_start: torch.Tensor, shift: bool, row_weights: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum over scored tokens of row_weights[row] * CE, per-token CE [N] detached, row [N]): the training
+    form of :func:`scored_token_losses`, with the same gather (hence the same shift)."""
+    hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
+    row = target // x1.shape[1]
+    if target.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
+        return hidden_sel.new_zeros((), dtype=torch.float32), hidden_sel.new_zeros(0, dtype=torch.float32), row
+    loss, ce = model.weighted_token_loss(hidden_sel, x1.reshape(-1).index_select(0, target), row_weights.index_select(0, row))
+    return loss, ce.float(), row
+
+
 def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Tensor, cfg: DFMConfig,
              scheduler: Scheduler, generator: torch.Generator, *, mask_token_id: Optional[int] = None,
              pad_token_id: int = PAD_TOKEN_ID) -> DFMLossOutput:
@@ -120,17 +133,18 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
 
     hidden = model(path.x_t, t=t, position_ids=work["position_ids"], cu_seqlens=work["cu_seqlens"],
                    max_seqlen=work["max_seqlen"])
-    ce, row = scored_token_losses(model, hidden, x1, path.scored, starts, cfg.shift_logits)
-
     weight = loss_weight(t.double(), mask_ratio.double(), cfg, scheduler).to(torch.float32)
+    # The batch as given, not work["loss_mask"]: CoDA truncation must not change the normalizer.
+    normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg)
+    # sum_b w(t_b) * sum_{i in b} CE_i / normalizer as one weighted sum over tokens: the head computes its
+    # gradients in forward (model.weighted_token_loss), which needs each token's weight up front.
+    weighted_ce, ce, row = scored_weighted_loss(model, hidden, x1, path.scored, starts, cfg.shift_logits, weight / normalizer)
     unweighted = torch.zeros(bsz, dtype=torch.float32, device=x1.device).index_add(0, row, ce)
     weighted = weight * unweighted
     count = path.scored.sum(dim=1)
-    # The batch as given, not work["loss_mask"]: CoDA truncation must not change the normalizer.
-    normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg)
     # hidden.sum() * 0 keeps every parameter in the graph when nothing is scored (a DDP/ZeRO
     # backward must still visit them); it adds exactly zero otherwise.
-    loss = weighted.sum() / normalizer + hidden.sum() * 0.0
+    loss = weighted_ce + hidden.sum() * 0.0
     return DFMLossOutput(
         loss=loss,
         per_seq_weighted_sum=weighted.detach(),

@@ -55,8 +55,11 @@ class ModelConfig:
     kernels: Literal["auto", "torch", "fused"] = doc(
         "auto", "Kernel backend: torch references, fused GPU kernels (error if unavailable), or auto (fused where importable, logged).")
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (saves memory, costs ~30% compute).")
-    loss_chunk_size: int = doc(4096, "Tokens per chunk of the torch (chunked) linear cross-entropy: peak extra memory is about "
-                               "2 x loss_chunk_size x vocab_size fp32 (4096 -> ~5 GB at Qwen3's vocab); liger picks its own.")
+    loss_chunk_size: int = doc(0, "Tokens per chunk of the torch linear cross-entropy; 0 (default) derives it from "
+                               "loss_chunk_memory_mb (logged once). liger picks its own.")
+    loss_chunk_memory_mb: int = doc(256, "Memory budget of the torch linear cross-entropy's one [chunk, vocab] fp32 block "
+                                    "(256 -> 441 tokens per chunk at Qwen3's 151,936 vocabulary). Besides it, training holds "
+                                    "one fp32 gradient of the head weight.")
     mask_token_id: int = doc(MASK_TOKEN_ID, "Id of <|mask|>; its logit is forced to -inf so it is never predicted.",
                              tags=(ARCHITECTURE, HF))
     dtype: Literal["float32", "bfloat16"] = doc("float32", "Dtype the parameters are created in (activations follow them); "
@@ -64,8 +67,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings", "time_embedding_dim", "loss_chunk_size"):
+                     "num_key_value_heads", "max_position_embeddings", "time_embedding_dim", "loss_chunk_memory_mb"):
             require(getattr(self, name) > 0, name, f"must be a positive integer, got {getattr(self, name)}")
+        require(self.loss_chunk_size >= 0, "loss_chunk_size", f"must be >= 0 (0: from loss_chunk_memory_mb), got {self.loss_chunk_size}")
         if self.head_dim is None:
             require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
                     f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"

@@ -29,6 +29,7 @@ from megadfm.model import block_forward
 from megadfm.model.config import ModelConfig
 from megadfm.model.kernels import KernelSet, select_kernels
 from megadfm.model.kernels.attention import AttentionLayout
+from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
 from megadfm.model.kernels.rotary import rotary_cos_sin
 from megadfm.model.kv_cache import KVCache, Positions
 from megadfm.model.param_init import Embedding, Linear, ParamInit
@@ -263,11 +264,35 @@ class Qwen3DFM(nn.Module):
         """Per-token cross-entropy [N] fp32 of targets [N] given hidden [N, H]; 0 where target is -100.
 
         The mask token is excluded from the softmax. Chunked (torch) or fused (liger) per the
-        kernel backend: never all [N, V] fp32 logits at once.
+        kernel backend: never all [N, V] fp32 logits at once. For evaluation and sampling; its
+        backward recomputes the logits, so training uses :meth:`weighted_token_loss`.
         """
         kernels = self.kernels_for(hidden_flat.device)
         return kernels.linear_cross_entropy(hidden_flat, self.output_weight, targets, ignore_index=IGNORE_INDEX,
-                                            excluded_token=self.cfg.mask_token_id, chunk_size=self.cfg.loss_chunk_size)
+                                            excluded_token=self.cfg.mask_token_id, chunk_size=self.loss_chunk_rows())
+
+    def weighted_token_loss(self, hidden_flat: torch.Tensor, targets: torch.Tensor,
+                            token_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum_i token_weights_i * CE_i, a 0-dim fp32 tensor; CE [N] fp32, detached) for hidden [N, H].
+
+        The training loss: its gradients are computed in the forward pass, chunk by chunk, so the
+        head's logits are never recomputed (megadfm/model/kernels/linear_cross_entropy.py).
+        """
+        kernels = self.kernels_for(hidden_flat.device)
+        return kernels.weighted_linear_cross_entropy(hidden_flat, self.output_weight, targets, token_weights,
+                                                     ignore_index=IGNORE_INDEX, excluded_token=self.cfg.mask_token_id,
+                                                     chunk_size=self.loss_chunk_rows())
+
+    def loss_chunk_rows(self) -> int:
+        """model.loss_chunk_size, or (0) the rows of one [chunk, vocab] fp32 block within loss_chunk_memory_mb."""
+        if self.cfg.loss_chunk_size:
+            return self.cfg.loss_chunk_size
+        rows = chunk_rows_for_budget(self.cfg.vocab_size, self.cfg.loss_chunk_memory_mb * 2**20)
+        if not getattr(self, "_logged_loss_chunk", False):
+            self._logged_loss_chunk = True
+            logger.info("linear cross-entropy: %d tokens per chunk (a %d x %d fp32 block within loss_chunk_memory_mb=%d)",
+                        rows, rows, self.cfg.vocab_size, self.cfg.loss_chunk_memory_mb)
+        return rows
 
 
 def _is_time_module(name: str) -> bool:

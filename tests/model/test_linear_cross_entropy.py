@@ -76,3 +76,83 @@ def test_shape_errors():
         linear_cross_entropy_torch(torch.randn(4, H), torch.randn(V, H), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="weight"):
         linear_cross_entropy_torch(torch.randn(4, H), torch.randn(V, H + 1), torch.zeros(4, dtype=torch.long))
+
+
+# ---- the training form: sum_i w_i * CE_i with its gradients computed in forward -------------------------
+
+def weighted(h, w, targets, upstream, excluded, chunk_size):
+    from megadfm.model.kernels.linear_cross_entropy import weighted_linear_cross_entropy_torch
+
+    return weighted_linear_cross_entropy_torch(h, w, targets, upstream, -100, excluded, chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 37, 1000])
+@pytest.mark.parametrize("excluded", [EXCLUDED, None])
+def test_weighted_grads_in_forward_equal_naive(chunk_size, excluded):
+    hidden, weight, targets, upstream = inputs()
+    h0, w0 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    naive_losses = naive(h0, w0, targets, excluded)
+    (naive_losses * upstream).sum().backward()
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, ce = weighted(h1, w1, targets, upstream, excluded, chunk_size)
+    loss.backward()
+    assert loss.dim() == 0 and loss.dtype == torch.float32 and not ce.requires_grad
+    torch.testing.assert_close(ce, naive_losses.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, (naive_losses.detach() * upstream).sum(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h1.grad, h0.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w1.grad, w0.grad, atol=1e-5, rtol=1e-5)
+    assert torch.all(ce[targets == -100] == 0) and torch.all(h1.grad[targets == -100] == 0)
+    if excluded is not None:
+        assert torch.all(w1.grad[excluded] == 0)
+
+
+def test_weighted_loss_is_scaled_by_the_incoming_gradient():
+    """The loss is not the last op: scaled (DeepSpeed's 1/accumulation), used twice, summed with another
+    term. The gradients saved in forward are multiplied by whatever arrives."""
+    hidden, weight, targets, upstream = inputs(seed=3)
+    h0, w0 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref = (naive(h0, w0, targets, EXCLUDED) * upstream).sum()
+    (0.25 * ref + ref ** 2 + (h0 ** 2).sum()).backward()
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, _ = weighted(h1, w1, targets, upstream, EXCLUDED, 8)
+    (0.25 * loss + loss ** 2 + (h1 ** 2).sum()).backward()
+    torch.testing.assert_close(h1.grad, h0.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(w1.grad, w0.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_weighted_without_gradients_is_forward_only():
+    hidden, weight, targets, upstream = inputs()
+    w = weight.clone().requires_grad_()
+    with torch.no_grad():
+        loss, ce = weighted(hidden, w, targets, upstream, EXCLUDED, 8)
+    assert loss.grad_fn is None and not loss.requires_grad
+    torch.testing.assert_close(ce, naive(hidden, weight, targets, EXCLUDED))
+
+
+def test_weighted_bf16_keeps_fp32_statistics():
+    hidden, weight, targets, upstream = inputs()
+    h, w = hidden.bfloat16().requires_grad_(), weight.bfloat16().requires_grad_()
+    loss, ce = weighted(h, w, targets, upstream, EXCLUDED, 8)
+    loss.backward()
+    assert ce.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    hf, wf = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    (naive(hf, wf, targets, EXCLUDED) * upstream).sum().backward()
+    torch.testing.assert_close(ce, naive(hf, wf, targets, EXCLUDED).detach(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(w.grad.float(), wf.grad, atol=2e-2, rtol=5e-2)
+
+
+def test_chunk_size_comes_from_the_memory_budget(caplog):
+    import logging
+
+    from megadfm.model import Qwen3DFM
+    from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
+    from tests.model.tiny import tiny_config
+
+    assert chunk_rows_for_budget(151936, 256 * 2**20) == 441  # the default at Qwen3's vocabulary
+    assert chunk_rows_for_budget(151936, 1) == 1
+    model = Qwen3DFM(tiny_config(loss_chunk_memory_mb=1))
+    with caplog.at_level(logging.INFO, logger="megadfm.model"):
+        rows = [model.loss_chunk_rows() for _ in range(3)]
+    assert rows == [2**20 // (4 * model.cfg.vocab_size)] * 3
+    assert sum("tokens per chunk" in r.getMessage() for r in caplog.records) == 1  # logged once
+    assert Qwen3DFM(tiny_config(loss_chunk_size=5)).loss_chunk_rows() == 5

@@ -78,6 +78,7 @@ class KernelSet:
     adaln_modulate: Callable
     gated_residual: Callable
     linear_cross_entropy: Callable
+    weighted_linear_cross_entropy: Callable
     chosen: Mapping[str, str] = field(default_factory=dict)
     reasons: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,6 +127,7 @@ def select_kernels(backend: str, device_type: str, log: bool = True) -> KernelSe
         adaln_modulate=impls["adaln"].fns["adaln_modulate"],
         gated_residual=impls["adaln"].fns["gated_residual"],
         linear_cross_entropy=impls["linear_cross_entropy"].fns["linear_cross_entropy"],
+        weighted_linear_cross_entropy=impls["linear_cross_entropy"].fns["weighted_linear_cross_entropy"],
         chosen=chosen, reasons=reasons)
     if log:
         logger.info("kernels: backend=%s device=%s", backend, device_type)
