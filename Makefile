@@ -27,7 +27,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
 	@echo "make test   - set up .venv and run the whole test suite"
-	@echo "make bench  - run the CPU benchmarks in bench/ (prints ratios against baselines)"
+	@echo "make bench  - run the CPU benchmarks in bench/ (ratios against baselines; results in bench/results/LATEST.json;"
+	@echo "              BENCH_CONVERT=1 make bench adds the conversion bench, which needs ~13 GB of disk)"
 	@echo "make eval-demo - evaluate the demo model (HumanEval, infill, likelihood) next to an AR baseline"
 
 $(STAMP): setup.py

@@ -12,15 +12,17 @@
 4. Named baseline, same source: the usual in-memory script (``safetensors.torch.load_file`` of every
    shard, rename the keys, one ``save_file``, fsync), which writes what ``--time-conditioning none`` writes;
    the converter is also run with ``none`` for a like-for-like ratio (the pair alternated --repeats
-   times, fastest kept, because a shared disk's write speed drifts by 2-3x within minutes).
+   times, because a shared disk's write speed drifts by 2-3x within minutes; the median of each is
+   reported, min/max in the JSON line, and the ratios are of the medians).
 
 Each job runs in its own child process; peak memory is that child's
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak RSS, interpreter and imports included), time is
 the child's wall time. Printed: peak RSS, time, GB/s, and ratios against the baseline and against
 the checkpoint size. Everything is written under --work (default: a temporary folder) and removed
-at the end unless --keep.
+at the end unless --keep. `make bench` runs it only with BENCH_CONVERT=1 (it needs ~13 GB of disk).
 
     python bench/bench_convert.py
+    python bench/bench_convert.py --tiny                 # 2-layer, hidden-64 toy (full vocabulary): checks the script runs
     python bench/bench_convert.py --time-conditioning adaln_single --work /big/disk/tmp
 """
 
@@ -35,9 +37,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from bench.common import Summary, add_repeats_arg, print_header, ratio, summarize, write_result  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", os.path.join(REPO, ".cache", "hf"))
@@ -50,6 +55,10 @@ QWEN3_1P7B = {
     "initializer_range": 0.02, "use_sliding_window": False, "sliding_window": None, "max_window_layers": 28,
     "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16", "use_cache": True,
 }
+# --tiny: same vocabulary (the mask token 151669 must exist), a toy body (~40 MB of bf16, the embedding)
+TINY = dict(QWEN3_1P7B, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_window_layers=2)
+BASELINE = "baseline"
 
 CHILD = r"""
 import json, resource, runpy, sys, time
@@ -83,6 +92,7 @@ print("BENCH_RESULT " + json.dumps({"rc": rc, "seconds": time.perf_counter() - s
 
 
 def parse_args():
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=None, help="Working folder (needs ~13 GB with adaln; default: a new temporary folder).")
     p.add_argument("--time-conditioning", choices=["adaln", "adaln_single", "none"], default="adaln",
@@ -91,18 +101,19 @@ def parse_args():
     p.add_argument("--max-shard-size", default="2GB", help="--max-shard-size of both conversions (default 2GB).")
     p.add_argument("--tokenizer", default=os.path.join(REPO, "artifacts", "tokenizer", "qwen3"),
                    help="Tokenizer folder given to both tools (default: the repo's offline Qwen3 tokenizer).")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="Runs of the like-for-like pair (baseline, converter with none), alternated; the fastest is kept. Default 2.")
+    add_repeats_arg(p, 2, "runs of the like-for-like pair (baseline, converter with none), alternated")
+    p.add_argument("--tiny", action="store_true", help="A 2-layer hidden-64 toy of the shape (seconds; checks the script).")
     p.add_argument("--keep", action="store_true", help="Keep the working folder.")
     return p.parse_args()
 
 
 def dir_bytes(folder, suffix=".safetensors"):
+    """Bytes of the ``suffix`` files directly in ``folder``."""
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(suffix))
 
 
-def write_source(folder: str, shard_size: str) -> int:
-    """The synthetic Qwen3-1.7B HF folder, one tensor in memory at a time; returns the weight bytes."""
+def write_source(folder: str, shard_size: str, shape: Dict) -> int:
+    """The synthetic HF folder of config ``shape``, one tensor in memory at a time; returns the weight bytes."""
     import torch
 
     from megadfm.checkpoints.safetensors_io import ShardedSafetensorsWriter, TensorSpec, parse_size
@@ -111,8 +122,8 @@ def write_source(folder: str, shard_size: str) -> int:
 
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(QWEN3_1P7B, f, indent=2)
-    cfg = model_config_from_hf(QWEN3_1P7B, time_conditioning="none")
+        json.dump(shape, f, indent=2)
+    cfg = model_config_from_hf(shape, time_conditioning="none")
     specs = [TensorSpec(hf, torch.bfloat16, shape) for hf, (_, shape) in backbone_names(cfg).items()]
     writer = ShardedSafetensorsWriter(folder, specs, parse_size(shard_size))
     gen = torch.Generator().manual_seed(0)
@@ -127,12 +138,14 @@ def write_source(folder: str, shard_size: str) -> int:
     return sum(s.nbytes for s in specs)
 
 
-def best(results):
-    """Fastest time and highest peak RSS over repeats."""
-    return {"rc": 0, "seconds": min(r["seconds"] for r in results), "max_rss_bytes": max(r["max_rss_bytes"] for r in results)}
+def summaries(results: List[Dict]) -> Dict[str, Summary]:
+    """Median and min/max of the time and of the peak RSS over the repeats of one job."""
+    return {"seconds": summarize([r["seconds"] for r in results]),
+            "max_rss_bytes": summarize([r["max_rss_bytes"] for r in results])}
 
 
 def run_child(args, label):
+    """Run one job (CHILD) in a fresh interpreter; its BENCH_RESULT dict (rc, seconds, max_rss_bytes)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONPATH=REPO)
     proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, cwd=REPO, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
@@ -144,14 +157,15 @@ def run_child(args, label):
     return result
 
 
-def check_export(source: str, export: str, mask_token_id: int = 151669) -> str:
+def check_export(source: str, export: str, last_layer: int, mask_token_id: int = 151669) -> str:
     """Spot-check: the export's backbone tensors equal the source's (the embedding apart from its mask row)."""
     import torch
 
     from megadfm.conversion.hf_folder import HFFolder
 
     src, out = HFFolder(source), HFFolder(export)
-    for name in ("model.layers.27.mlp.down_proj.weight", "model.layers.0.self_attn.q_norm.weight", "model.embed_tokens.weight"):
+    for name in (f"model.layers.{last_layer}.mlp.down_proj.weight", "model.layers.0.self_attn.q_norm.weight",
+                 "model.embed_tokens.weight"):
         a, b = src.read_tensor(name), out.read_tensor(name)
         if name == "model.embed_tokens.weight":
             a, b = torch.cat([a[:mask_token_id], a[mask_token_id + 1:]]), torch.cat([b[:mask_token_id], b[mask_token_id + 1:]])
@@ -161,17 +175,22 @@ def check_export(source: str, export: str, mask_token_id: int = 151669) -> str:
 
 
 def main():
+    """Write the source, run every job in a child process, print the table and write the JSON line."""
     args = parse_args()
+    shape = TINY if args.tiny else QWEN3_1P7B
     work = args.work or tempfile.mkdtemp(prefix="megadfm_bench_convert_")
     os.makedirs(work, exist_ok=True)
     src, init, export = (os.path.join(work, n) for n in ("hf_qwen3_1p7b", "init", "export"))
     tok = ["--tokenizer", args.tokenizer] if os.path.isdir(args.tokenizer) else []
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))  # what run_child gives every job
+    header = print_header("convert", BASELINE, "safetensors load_file of every shard, rename, one save_file, fsync", threads,
+                          "OMP_NUM_THREADS of each child job")
     try:
         t0 = time.perf_counter()
-        src_bytes = write_source(src, args.source_shard_size)
+        src_bytes = write_source(src, args.source_shard_size, shape)
         n_src_files = len([f for f in os.listdir(src) if f.endswith(".safetensors")])
-        print(f"source: synthetic Qwen3-1.7B, bf16, {src_bytes / 1e9:.2f} GB in {n_src_files} shards "
-              f"(written in {time.perf_counter() - t0:.1f} s) at {src}")
+        print(f"source: synthetic Qwen3-1.7B{' (--tiny toy)' if args.tiny else ''}, bf16, {src_bytes / 1e9:.2f} GB in "
+              f"{n_src_files} shards (written in {time.perf_counter() - t0:.1f} s) at {src}")
         print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; this process RSS "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB (not measured)")
         imports = run_child(["imports"], "imports")
@@ -185,7 +204,7 @@ def main():
                                          "--time-conditioning", "none", "--max-shard-size", args.max_shard_size,
                                          "--no-progress", *tok], "HF -> megadfm (none)"))
             shutil.rmtree(init)
-        baseline, same_work = best(baselines), best(same_works)
+        results = {BASELINE: summaries(baselines), "HF -> megadfm (none)": summaries(same_works)}
         to_megadfm = run_child([os.path.join(tool, "convert_hf_to_megadfm.py"), "--hf", src, "--out", init,
                                 "--time-conditioning", args.time_conditioning, "--max-shard-size", args.max_shard_size,
                                 "--no-progress", *tok], "HF -> megadfm")
@@ -193,29 +212,42 @@ def main():
         to_hf = run_child([os.path.join(tool, "convert_megadfm_to_hf.py"), "--ckpt", init, "--out", export,
                            "--max-shard-size", args.max_shard_size, "--no-progress", *tok], "megadfm -> HF")
         export_bytes = dir_bytes(export)
-        check = check_export(src, export)
+        check = check_export(src, export, shape["num_hidden_layers"] - 1)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     gb = 1e9
     print(f"\n{'job':<48}{'peak RSS':>12}{'time':>10}{'GB/s':>8}{'RSS/ckpt':>10}{'RSS/baseline':>14}{'time/baseline':>15}")
-    rows = [("imports only (python+torch+transformers+megadfm)", imports, None),
-            (f"baseline: load_file, rename, save_file, fsync", baseline, 2 * src_bytes),
-            ("HF -> megadfm (none: same output as baseline)", same_work, 2 * src_bytes),
-            (f"HF -> megadfm ({args.time_conditioning}, writes {init_bytes / gb:.2f} GB)", to_megadfm, src_bytes + init_bytes),
-            (f"megadfm -> HF (init folder, writes {export_bytes / gb:.2f} GB)", to_hf, init_bytes + export_bytes)]
-    for label, r, moved in rows:
-        rate = f"{moved / gb / r['seconds']:.2f}" if moved else "-"
-        ratio_ckpt = f"{r['max_rss_bytes'] / src_bytes:.3f}"
-        ratio_base = f"{r['max_rss_bytes'] / baseline['max_rss_bytes']:.3f}"
-        ratio_time = f"{r['seconds'] / baseline['seconds']:.2f}"
-        print(f"{label:<48}{r['max_rss_bytes'] / gb:>10.2f}GB{r['seconds']:>9.1f}s{rate:>8}{ratio_ckpt:>10}{ratio_base:>14}{ratio_time:>15}")
+    results.update({"imports only": summaries([imports]), f"HF -> megadfm ({args.time_conditioning})": summaries([to_megadfm]),
+                    "megadfm -> HF (init folder)": summaries([to_hf])})
+    rows = [("imports only", "imports only (python+torch+transformers+megadfm)", None),
+            (BASELINE, "baseline: load_file, rename, save_file, fsync", 2 * src_bytes),
+            ("HF -> megadfm (none)", "HF -> megadfm (none: same output as baseline)", 2 * src_bytes),
+            (f"HF -> megadfm ({args.time_conditioning})",
+             f"HF -> megadfm ({args.time_conditioning}, writes {init_bytes / gb:.2f} GB)", src_bytes + init_bytes),
+            ("megadfm -> HF (init folder)", f"megadfm -> HF (init folder, writes {export_bytes / gb:.2f} GB)",
+             init_bytes + export_bytes)]
+    ratios = []
+    for key, label, moved in rows:
+        seconds, rss = results[key]["seconds"].median, results[key]["max_rss_bytes"].median
+        rate = f"{moved / gb / seconds:.2f}" if moved else "-"
+        ratio_ckpt = f"{rss / src_bytes:.3f}"
+        rss_ratio = ratio(f"peak RSS {key} / baseline", results, "max_rss_bytes", key, BASELINE)
+        time_ratio = ratio(f"time {key} / baseline", results, "seconds", key, BASELINE)
+        if key != BASELINE:
+            ratios += [rss_ratio, time_ratio]
+        print(f"{label:<48}{rss / gb:>10.2f}GB{seconds:>9.1f}s{rate:>8}{ratio_ckpt:>10}{rss_ratio.value:>14.3f}"
+              f"{time_ratio.value:>15.2f}")
     print(f"\nGB/s = (bytes read + bytes written) / wall time. RSS/ckpt = peak RSS / source checkpoint bytes "
-          f"({src_bytes / gb:.2f} GB); largest tensor: embedding 151936 x 2048 bf16 = {151936 * 2048 * 2 / gb:.2f} GB.")
-    print(f"baseline and 'none' rows: fastest of {args.repeats} alternated runs; other rows: one run.")
+          f"({src_bytes / gb:.2f} GB); largest tensor: embedding "
+          f"{shape['vocab_size']} x {shape['hidden_size']} bf16 = {shape['vocab_size'] * shape['hidden_size'] * 2 / gb:.2f} GB.")
+    print(f"baseline and 'none' rows: median of {args.repeats} alternated runs (time {results[BASELINE]['seconds'].fmt('.1f')} s "
+          f"and {results['HF -> megadfm (none)']['seconds'].fmt('.1f')} s, median [min, max]); other rows: one run.")
     print(f"correctness: {check}")
     print(f"working folder {'kept at ' + work if args.keep else 'removed'}")
+    write_result(header, args, results, ratios, extra={"source_bytes": src_bytes, "init_bytes": init_bytes,
+                                                       "export_bytes": export_bytes, "check": check, "work": work})
 
 
 if __name__ == "__main__":

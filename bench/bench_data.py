@@ -12,6 +12,11 @@
      does less work than the candidate).
    TOKENIZERS_PARALLELISM=false everywhere, so each loader uses one core.
 
+With --repeats N each preprocessing run (workers 1 and 2 alternated) and each loader's timed loop
+(loaders in turn, a fresh iterator or stream each time) runs N times; printed: rates at the median
+time, with min/max; written: one JSON line (bench/common.py). Ratios (medians): preprocessing
+tokens/s 2 workers / 1 worker, and per HF baseline its time / the packed loader's time.
+
     python bench/bench_data.py                       # full stdlib (site-packages excluded), seq_len 2048
     python bench/bench_data.py --files 300 --samples 500
 """
@@ -27,7 +32,7 @@ import os
 import sys
 import sysconfig
 import time
-from typing import Deque, Dict, Iterator, List
+from typing import Deque, Dict, Iterator, List, Tuple
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -38,8 +43,14 @@ os.environ.setdefault("HF_HOME", os.path.join(REPO, ".cache", "hf"))
 
 import numpy as np  # noqa: E402
 
+from bench.common import Summary, add_repeats_arg, print_header, ratio, summarize, write_result  # noqa: E402
+
+BASELINE = "HF streaming, tokenizer(texts)"
+PACKED = "packed indexed loader"
+
 
 def stdlib_files(limit: int) -> List[str]:
+    """The stdlib's .py files in a fixed order (site-packages and caches left out), the first ``limit`` if given."""
     root = sysconfig.get_paths()["stdlib"]
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -49,6 +60,7 @@ def stdlib_files(limit: int) -> List[str]:
 
 
 def load_tool():
+    """tools/preprocess_data.py as a module."""
     spec = importlib.util.spec_from_file_location("preprocess_data_tool", os.path.join(REPO, "tools", "preprocess_data.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # forked workers find encode_chunk by module name
@@ -95,13 +107,61 @@ def streaming_baseline(stream, seq_len: int, eod: int) -> Iterator[Dict[str, obj
 
 
 def timed_batches(batches: Iterator, count: int) -> float:
+    """Seconds to draw ``count`` batches."""
     start = time.perf_counter()
     for _ in range(count):
         next(batches)
     return time.perf_counter() - start
 
 
+def preprocess(tool, files: List[str], args: argparse.Namespace, tokenizer) -> Dict[str, Dict[str, Summary]]:
+    """Run the preprocessing tool --repeats times per worker count (alternated); summaries per "preprocess wN"."""
+    runs: Dict[int, List[Dict]] = {1: [], 2: []}
+    for _ in range(args.repeats):
+        for workers in runs:
+            prefix = os.path.join(args.workdir, f"stdlib_w{workers}")
+            targs = tool.parse_args(["--input", *files, "--tokenizer", args.tokenizer, "--append-eod", "--output-prefix",
+                                     prefix, "--workers", str(workers), "--force", "--no-progress"])
+            runs[workers].append(tool.run(targs, tokenizer=tokenizer))
+    results = {}
+    for workers, summaries in runs.items():
+        last = summaries[-1]
+        res = {m: summarize([r[m] for r in summaries]) for m in ("elapsed_s", "documents_per_s", "tokens_per_s")}
+        results[f"preprocess w{workers}"] = res
+        print(f"preprocess --workers {workers}: {last['documents']} documents, {last['tokens']:,} tokens in "
+              f"{res['elapsed_s'].fmt('.1f')} s -> {res['documents_per_s'].fmt(',.0f')} documents/s, "
+              f"{res['tokens_per_s'].fmt(',.0f')} tokens/s")
+    return results
+
+
+def loaders(cfg, jsonl: str, tokenizer, args: argparse.Namespace) -> Tuple[Dict[str, Dict[str, Summary]], float]:
+    """Time the packed loader and both HF streaming baselines --repeats times each (in turn); summaries
+    of the seconds for the timed batches, and the first index build's seconds."""
+    from megadfm.data.loader import collate_samples, make_train_iterator
+
+    batches = args.samples // args.micro_batch
+    for name in os.listdir(cfg.cache_dir) if os.path.isdir(cfg.cache_dir) else []:
+        os.remove(os.path.join(cfg.cache_dir, name))  # time the index build from scratch (the first repeat's)
+    seconds: Dict[str, List[float]] = {PACKED: [], BASELINE: [], "HF streaming, encode_batch_fast": []}
+    setup: Dict[str, List[float]] = {k: [] for k in seconds}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        packed = make_train_iterator(cfg, 0, 1, args.micro_batch, 0, num_samples=batches * args.micro_batch)
+        setup[PACKED].append(time.perf_counter() - t0)
+        seconds[PACKED].append(timed_batches(packed, batches))
+        for label, fast in ((BASELINE, False), ("HF streaming, encode_batch_fast", True)):
+            t0 = time.perf_counter()
+            stream = open_stream(jsonl, tokenizer, fast)
+            setup[label].append(time.perf_counter() - t0)
+            samples = streaming_baseline(stream, args.seq_len, cfg.eod_token_id)
+            seconds[label].append(timed_batches((collate_samples([next(samples) for _ in range(args.micro_batch)])
+                                                 for _ in itertools.count()), batches))
+    results = {k: {"seconds": summarize(v), "setup_s": summarize(setup[k])} for k, v in seconds.items()}
+    return results, setup[PACKED][0]
+
+
 def main() -> None:
+    """Preprocessing throughput, then loader throughput; prints the comparisons and writes the JSON line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=0, help="first N stdlib files (0: all, site-packages excluded)")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per training sample")
@@ -109,65 +169,57 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1600, help="training samples timed per loader")
     p.add_argument("--workdir", default=os.path.join(REPO, ".cache", "bench_data"), help="scratch folder")
     p.add_argument("--tokenizer", default=os.path.join(REPO, "artifacts", "tokenizer", "qwen3"), help="tokenizer folder")
+    add_repeats_arg(p, 1, "runs of each preprocessing and each loader timing")
     args = p.parse_args()
 
     from megadfm.data.config import BlendSource, DataConfig
-    from megadfm.data.loader import collate_samples, make_train_iterator
     from megadfm.data.tokenizer import load_tokenizer
 
     os.makedirs(args.workdir, exist_ok=True)
     files = stdlib_files(args.files)
     tool = load_tool()
     tokenizer = load_tokenizer(args.tokenizer)
+    # the loaders run in this process (TOKENIZERS_PARALLELISM=false); the preprocessing's 2nd worker is a forked process
+    header = print_header("data", BASELINE, "HF datasets JSONL streaming=True, batched map tokenizer(texts), cut to seq_len",
+                          1, "one process per loader; preprocessing: 1 or 2 worker processes")
     print(f"corpus: {len(files)} CPython {sys.version.split()[0]} stdlib files, "
-          f"{sum(os.path.getsize(f) for f in files) / 1e6:.1f} MB; tokenizer {args.tokenizer}")
+          f"{sum(os.path.getsize(f) for f in files) / 1e6:.1f} MB; tokenizer {args.tokenizer}; {args.repeats} repeat(s), "
+          f"rates at the median time [min, max]")
 
     # 1. preprocessing throughput
-    rates = {}
-    for workers in (1, 2):
-        prefix = os.path.join(args.workdir, f"stdlib_w{workers}")
-        targs = tool.parse_args(["--input", *files, "--tokenizer", args.tokenizer, "--append-eod", "--output-prefix",
-                                 prefix, "--workers", str(workers), "--force", "--no-progress"])
-        summary = tool.run(targs, tokenizer=tokenizer)
-        rates[workers] = summary
-        print(f"preprocess --workers {workers}: {summary['documents']} documents, {summary['tokens']:,} tokens in "
-              f"{summary['elapsed_s']:.1f} s -> {summary['documents_per_s']:,.0f} documents/s, "
-              f"{summary['tokens_per_s']:,.0f} tokens/s")
+    results = preprocess(tool, files, args, tokenizer)
+    speedup = ratio("preprocess tokens/s 2 workers / 1 worker", results, "tokens_per_s", "preprocess w2", "preprocess w1")
     same = all(open(f(os.path.join(args.workdir, f"stdlib_w{w}_text_document")), "rb").read()
                == open(f(os.path.join(args.workdir, "stdlib_w1_text_document")), "rb").read()
                for w in (2,) for f in (lambda q: q + ".bin", lambda q: q + ".idx"))
-    print(f"preprocess speed-up 2 vs 1 workers: {rates[2]['tokens_per_s'] / rates[1]['tokens_per_s']:.2f}x; "
-          f"outputs byte-identical: {same}")
+    print(f"preprocess speed-up 2 vs 1 workers: {speedup.value:.2f}x; outputs byte-identical: {same}")
 
     # 2. training-sample throughput
     prefix = os.path.join(args.workdir, "stdlib_w1_text_document")
     batches = args.samples // args.micro_batch
     cfg = DataConfig(blend=[BlendSource(prefix, 1.0)], seq_len=args.seq_len, split=[1.0, 0.0, 0.0],
                      cache_dir=os.path.join(args.workdir, "cache"))
-    for name in os.listdir(cfg.cache_dir) if os.path.isdir(cfg.cache_dir) else []:
-        os.remove(os.path.join(cfg.cache_dir, name))  # time the index build from scratch
-    start = time.perf_counter()
-    packed = make_train_iterator(cfg, 0, 1, args.micro_batch, 0, num_samples=batches * args.micro_batch)
-    build = time.perf_counter() - start
-    packed_s = timed_batches(packed, batches)
-
     jsonl = os.path.join(args.workdir, "stdlib.jsonl")
     with open(jsonl, "w", encoding="utf-8") as f:
         for path in files:
             f.write(json.dumps({"text": open(path, encoding="utf-8", errors="replace").read()}) + "\n")
     n = batches * args.micro_batch
+    timings, build = loaders(cfg, jsonl, tokenizer, args)
+    results.update(timings)
+    packed = results[PACKED]["seconds"]
     print(f"loader, {n} samples x {args.seq_len} tokens, micro-batch {args.micro_batch}, 1 process:")
-    print(f"  packed indexed loader            : {n / packed_s:10,.1f} samples/s  {n * args.seq_len / packed_s:12,.0f} "
-          f"tokens/s  (index build {build:.2f} s, once, cached)")
-    for label, fast in (("HF streaming, tokenizer(texts)", False), ("HF streaming, encode_batch_fast", True)):
-        start = time.perf_counter()
-        stream = open_stream(jsonl, tokenizer, fast)
-        setup = time.perf_counter() - start
-        samples = streaming_baseline(stream, args.seq_len, cfg.eod_token_id)
-        stream_s = timed_batches((collate_samples([next(samples) for _ in range(args.micro_batch)])
-                                  for _ in itertools.count()), batches)
-        print(f"  {label:33s}: {n / stream_s:10,.1f} samples/s  {n * args.seq_len / stream_s:12,.0f} tokens/s  "
-              f"(load_dataset {setup:.2f} s) -> packed is {stream_s / packed_s:.1f}x faster")
+    print(f"  {PACKED:33s}: {n / packed.median:10,.1f} samples/s  {n * args.seq_len / packed.median:12,.0f} "
+          f"tokens/s  ({packed.fmt('.2f')} s; index build {build:.2f} s, once, cached)")
+    ratios = [speedup]
+    for label in (BASELINE, "HF streaming, encode_batch_fast"):
+        stream = results[label]["seconds"]
+        faster = ratio(f"{label} time / packed time", results, "seconds", label, PACKED)
+        ratios.append(faster)
+        print(f"  {label:33s}: {n / stream.median:10,.1f} samples/s  {n * args.seq_len / stream.median:12,.0f} tokens/s  "
+              f"({stream.fmt('.2f')} s; load_dataset {results[label]['setup_s'].fmt('.2f')} s) -> packed is "
+              f"{faster.value:.1f}x faster")
+    write_result(header, args, results, ratios, extra={"files": len(files), "samples": n, "index_build_s": build,
+                                                       "preprocess_outputs_identical": same})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Baseline: ``Qwen3ForCausalLM(input_ids, labels=...)`` (SDPA attention, full-logi
 Candidates: Qwen3DFM (torch kernels) in causal mode with AdaLN(t) (the like-for-like comparison)
 and in bidirectional mode with a packed cu_seqlens batch (what DFM training runs), each with
 ``token_losses`` (chunked CE) on every position + backward. Same weights (converted through the
-name map), same tokens, interleaved repetitions; the median step time is reported.
+name map), same tokens, interleaved repetitions (--repeats, formerly --steps, which still works);
+printed and written: the median step time and its min/max, and per candidate the ratio of the
+medians baseline s/step / candidate s/step (= candidate tokens/s / baseline tokens/s).
 
     python bench/bench_model.py                # hidden 512, 4 layers, real 151,936 vocab, 2 x 512 tokens
     python bench/bench_model.py --vocab 32768 --hidden 256
@@ -14,15 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.common import add_repeats_arg, print_header, ratio, summarize, write_result  # noqa: E402
+
+BASELINE = "transformers Qwen3ForCausalLM"
+
 
 def main() -> None:
+    """Build the three models on the same weights, time them interleaved, print and write the ratios."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=512, help="hidden size")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks")
@@ -30,7 +36,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary size")
     p.add_argument("--batch", type=int, default=2, help="sequences per step")
     p.add_argument("--seq", type=int, default=512, help="tokens per sequence")
-    p.add_argument("--steps", type=int, default=3, help="timed repetitions per model (after one warm-up)")
+    add_repeats_arg(p, 3, "timed steps per model after one warm-up, interleaved across models", aliases=("--steps",))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
 
@@ -77,23 +83,31 @@ def main() -> None:
         hidden = m(ids, t=t, **kwargs)
         m.token_losses(hidden.reshape(B * L, -1), labels.flatten()).mean().backward()
 
-    runs = {"transformers Qwen3ForCausalLM (baseline)": step_hf, "Qwen3DFM causal + AdaLN": lambda: step_ours("causal"),
+    runs = {BASELINE: step_hf, "Qwen3DFM causal + AdaLN": lambda: step_ours("causal"),
             "Qwen3DFM bidirectional packed + AdaLN": lambda: step_ours("bidirectional")}
     times = {name: [] for name in runs}
     for name, fn in runs.items():  # warm-up
         fn()
-    for _ in range(args.steps):  # interleaved, so drifting machine load hits every model alike
+    header = print_header("model", BASELINE, "SDPA attention, full-logits CE, + backward", torch.get_num_threads())
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every model alike
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
     tokens = B * L
     print(f"forward+backward on CPU ({torch.get_num_threads()} threads): hidden {args.hidden}, {args.layers} layers, "
-          f"{args.heads}/{args.heads // 2} heads x 64, vocab {args.vocab}, batch {B} x {L} tokens, median of {args.steps}")
-    base = statistics.median(times["transformers Qwen3ForCausalLM (baseline)"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:42s} {tokens / med:9.1f} tokens/s   ({med:.3f} s/step)   ratio vs baseline {base / med:.2f}x")
+          f"{args.heads}/{args.heads // 2} heads x 64, vocab {args.vocab}, batch {B} x {L} tokens, median [min, max] "
+          f"of {args.repeats}")
+    results = {name: {"seconds_per_step": summarize(ts)} for name, ts in times.items()}
+    ratios = [ratio(f"{name} vs baseline (s/step baseline / candidate)", results, "seconds_per_step", BASELINE, name)
+              for name in results if name != BASELINE]
+    by_name = {r.denominator: r.value for r in ratios}
+    for name, res in results.items():
+        s = res["seconds_per_step"]
+        label = name + " (baseline)" if name == BASELINE else name
+        print(f"  {label:42s} {tokens / s.median:9.1f} tokens/s   ({s.fmt()} s/step)   "
+              f"ratio vs baseline {by_name.get(name, 1.0):.2f}x")
+    write_result(header, args, results, ratios, extra={"tokens_per_step": tokens})
 
 
 if __name__ == "__main__":

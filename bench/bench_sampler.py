@@ -13,8 +13,9 @@ row produces all its tokens. Settings:
   with cache none / prefix / dual.
 
 Every DFM setting is greedy. Printed per setting: new tokens / wall second of the decoding loop
-(prompt excluded; ``SampleResult.tokens_per_second``, HF: around ``generate``), NFE as full/block
-forward passes (HF: prefill / cached decode steps), the ratio to the AR baseline, and the
+(prompt excluded; ``SampleResult.tokens_per_second``, HF: around ``generate``; the median over
+--repeats runs, min/max in the JSON line), NFE as full/block forward passes (HF: prefill / cached
+decode steps), the ratio of the medians to the AR baseline's of the same batch size, and the
 fraction of new tokens equal to the exact sampler's at the same position. prefix and dual are
 APPROXIMATIONS for a bidirectional model (megadfm/dfm/sampling/cached_forward.py). On random
 weights the agreement says nothing about quality (the output says so): pass --model-dir.
@@ -33,16 +34,18 @@ import sys
 import sysconfig
 import time
 from dataclasses import replace
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+from bench.common import Summary, add_repeats_arg, print_header, ratio, summarize, write_result  # noqa: E402
 
-from megadfm.dfm.config import DFMConfig  # noqa: E402
-from megadfm.dfm.sampler import generate  # noqa: E402
-from megadfm.dfm.sampler_config import SampleResult, SamplerConfig  # noqa: E402
-from megadfm.model import ModelConfig, Qwen3DFM  # noqa: E402
+if TYPE_CHECKING:  # torch and megadfm are imported where used, so that --help answers without them
+    import torch
+
+    from megadfm.dfm.config import DFMConfig
+    from megadfm.dfm.sampler_config import SampleResult, SamplerConfig
+    from megadfm.model import ModelConfig, Qwen3DFM
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,12 +67,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.9, help="threshold: the fixed confidence threshold.")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 by default: on a shared 2-core machine a 2nd thread makes timings erratic).")
-    p.add_argument("--repeats", type=int, default=1, help="Time each setting this many times and keep the fastest.")
+    add_repeats_arg(p, 1, "timed runs of every setting (after a warm-up)")
     p.add_argument("--device", default="cpu", help="Device (the comparison is defined on CPU; cuda works too).")
     return p.parse_args()
 
 
 def random_model_config(args: argparse.Namespace) -> ModelConfig:
+    """The random-weights model's config (--small, or --hidden / --layers)."""
+    from megadfm.model import ModelConfig
+
     hidden, layers = (64, 2) if args.small else (args.hidden, args.layers)
     heads = max(2, hidden // 64)
     return ModelConfig(hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -78,6 +84,8 @@ def random_model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def hf_model(cfg: ModelConfig):
+    """transformers' Qwen3ForCausalLM of the same shape, random weights (the speed baseline)."""
+    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     hf_cfg = Qwen3Config(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
@@ -106,27 +114,33 @@ def code_prompts(tokenizer, count: int, length: int) -> List[List[int]]:
     raise SystemExit(f"only {len(prompts)} stdlib files have {length} tokens; lower --prompt-len or the batch size")
 
 
-def ar_run(model, prompts: torch.Tensor, new_tokens: int, repeats: int) -> float:
+def ar_run(model, prompts: torch.Tensor, new_tokens: int, repeats: int) -> List[float]:
+    """New tokens / s of each of ``repeats`` timed greedy ``generate`` runs (after a short warm-up)."""
+    import torch
+
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
                   eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(prompts))
     with torch.inference_mode():
         model.generate(prompts[:, :4], **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4,
                                           "attention_mask": torch.ones_like(prompts[:, :4])})  # warm-up
-        seconds = float("inf")
+        rates = []
         for _ in range(repeats):
             start = time.perf_counter()
             out = model.generate(prompts, **kwargs)
-            seconds = min(seconds, time.perf_counter() - start)
+            rates.append(prompts.shape[0] * new_tokens / (time.perf_counter() - start))
     if out.shape[1] != prompts.shape[1] + new_tokens:
         raise RuntimeError(f"transformers generate returned {out.shape[1] - prompts.shape[1]} new tokens, expected {new_tokens}")
-    return prompts.shape[0] * new_tokens / seconds
+    return rates
 
 
 def dfm_run(model, prompts: List[List[int]], new_tokens: int, cfg: SamplerConfig, dfm: DFMConfig,
-            repeats: int) -> Tuple[float, SampleResult]:
+            repeats: int) -> Tuple[List[float], SampleResult]:
+    """Tokens / s of each of ``repeats`` timed runs of one setting (after a short warm-up), and the first run's result."""
+    from megadfm.dfm.sampler import generate
+
     generate(model, [p[:4] for p in prompts], 4, replace(cfg, steps=2, block_length=0), dfm)  # warm-up
     outs = [generate(model, prompts, new_tokens, cfg, dfm) for _ in range(repeats)]
-    return max(o.tokens_per_second for o in outs), outs[0]
+    return [o.tokens_per_second for o in outs], outs[0]
 
 
 def agreement(a: SampleResult, b: SampleResult) -> float:
@@ -136,6 +150,9 @@ def agreement(a: SampleResult, b: SampleResult) -> float:
 
 
 def settings(args: argparse.Namespace, new_tokens: int) -> List[Tuple[str, SamplerConfig]]:
+    """(name, config) of every DFM setting: the exact sampler per --steps, then threshold with each cache."""
+    from megadfm.dfm.sampler_config import SamplerConfig
+
     steps = [int(s) for s in args.steps.split(",")] if args.steps else [new_tokens]
     greedy = dict(temperature=0.0, eos_token_id=None, block_length=args.block_length)
     out = [(f"exact_conf_s{s}", SamplerConfig(method="confidence", steps=s, cache="none", **greedy)) for s in steps]
@@ -147,6 +164,10 @@ def settings(args: argparse.Namespace, new_tokens: int) -> List[Tuple[str, Sampl
 
 
 def load(args: argparse.Namespace, device: torch.device) -> Tuple[Qwen3DFM, DFMConfig, Optional[object]]:
+    """The DFM model (random weights, or --model-dir), its DFM config and tokenizer (None for random weights)."""
+    from megadfm.dfm.config import DFMConfig
+    from megadfm.model import Qwen3DFM
+
     if args.model_dir is None:
         return Qwen3DFM(random_model_config(args), seed=0).to(device).eval(), DFMConfig(), None
     from megadfm.data.tokenizer import load_tokenizer
@@ -157,7 +178,10 @@ def load(args: argparse.Namespace, device: torch.device) -> Tuple[Qwen3DFM, DFMC
 
 
 def main() -> int:
+    """Time the AR baseline and every DFM setting per batch size; print the table and write the JSON line."""
     args = parse_args()
+    import torch
+
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     new_tokens = 64 if args.small and args.model_dir is None else args.new_tokens
@@ -174,23 +198,41 @@ def main() -> int:
         print("# agreement on random weights is MEANINGLESS (near-uniform predictions); run with --model-dir for a real one")
     print("# prefix / dual caches are APPROXIMATIONS for a bidirectional model; agreement = fraction of new tokens equal "
           "to the first exact setting's")
-    print(f"{'batch':>5} {'setting':<22} {'steps':>5} {'NFE full/block':>14} {'tok/s':>9} {'vs AR':>6} {'agree':>6}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    # the JSON line's baseline key is the first batch size's AR run; every ratio names the AR run of its own batch size
+    header = print_header("sampler", f"b{batch_sizes[0]}/hf_generate_ar",
+                          "transformers generate, greedy, KV cache (one run per batch size: b<batch>/hf_generate_ar)",
+                          torch.get_num_threads())
+    print(f"{'batch':>5} {'setting':<22} {'steps':>5} {'NFE full/block':>14} {'tok/s':>9} {'vs AR':>6} {'agree':>6}"
+          f"   (tok/s: median of {args.repeats})")
     gen = torch.Generator().manual_seed(0)
-    for bsz in [int(b) for b in args.batch_sizes.split(",")]:
+    results: Dict[str, Dict[str, Summary]] = {}
+    ratios, facts = [], {}
+    for bsz in batch_sizes:
         if tokenizer is None:
             prompts = torch.randint(0, 151643, (bsz, args.prompt_len), generator=gen).tolist()
         else:
             prompts = code_prompts(tokenizer, bsz, args.prompt_len)
-        ar = ar_run(ar_model, torch.tensor(prompts, device=device), new_tokens, args.repeats)
+        base = f"b{bsz}/hf_generate_ar"
+        results[base] = {"tokens_per_s": summarize(ar_run(ar_model, torch.tensor(prompts, device=device), new_tokens,
+                                                          args.repeats))}
+        ar = results[base]["tokens_per_s"].median
         print(f"{bsz:>5} {'hf_generate_ar':<22} {new_tokens:>5} {f'1/{new_tokens - 1}':>14} {ar:>9.1f} {1.0:>6.2f} "
               f"{'-':>6}", flush=True)
         reference = None
         for name, sampler in settings(args, new_tokens):
-            tps, out = dfm_run(dfm_model, prompts, new_tokens, sampler, dfm, args.repeats)
+            rates, out = dfm_run(dfm_model, prompts, new_tokens, sampler, dfm, args.repeats)
+            key = f"b{bsz}/{name}"
+            results[key] = {"tokens_per_s": summarize(rates)}
+            ratios.append(ratio(f"{key} / AR (tokens/s)", results, "tokens_per_s", key, base))
             reference = reference or out
-            nfe = f"{out.nfe_full}/{out.nfe_block}"
-            print(f"{bsz:>5} {name:<22} {out.steps:>5} {nfe:>14} {tps:>9.1f} {tps / ar:>6.2f} "
-                  f"{agreement(out, reference):>6.3f}", flush=True)
+            facts[key] = {"steps": out.steps, "nfe_full": out.nfe_full, "nfe_block": out.nfe_block,
+                          "agreement": agreement(out, reference)}
+            print(f"{bsz:>5} {name:<22} {out.steps:>5} {f'{out.nfe_full}/{out.nfe_block}':>14} "
+                  f"{results[key]['tokens_per_s'].median:>9.1f} {ratios[-1].value:>6.2f} {facts[key]['agreement']:>6.3f}",
+                  flush=True)
+    write_result(header, args, results, ratios, extra={"settings": facts, "new_tokens": new_tokens,
+                                                       "weights": weights, "device": str(device)})
     return 0
 
 

@@ -19,6 +19,11 @@ For each model size and ZeRO stage this script
      included);
   3. prints a table: size, stage, megadfm tok/s, baseline tok/s, ratio megadfm/baseline.
 
+With --repeats N every run is launched N times; the tokens/s of a (kind, size, stage) is the
+median, with min/max, of the per-step tokens/s of the timed steps (after --warmup) of all its
+launches (with N = 1: the median over steps, as before). The ratio is median/median. One JSON line
+(bench/common.py) holds every row.
+
 Sizes: tiny = examples/tiny_cpu.yaml (hidden 64, 2 layers); small = hidden 256, 4 layers,
 intermediate 768, 4 heads, 2 kv heads, head_dim 64 (~43M params, ~39M of them the embedding).
 
@@ -44,7 +49,10 @@ import time
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 MASK_TOKEN_ID = 151669
+
+from bench.common import add_repeats_arg, print_header, ratio, summarize, write_result  # noqa: E402
 
 SIZES: Dict[str, Dict] = {
     "tiny": {},  # examples/tiny_cpu.yaml as is
@@ -98,6 +106,8 @@ def launch(cmd: List[str], log_path: str, timeout: float) -> int:
 
 
 def read_tps(jsonl: str, warmup: int) -> Optional[Dict]:
+    """Median tokens/s of the steps after ``warmup`` (all steps if there are no more), their values and
+    count, first and last loss; None without step records."""
     if not os.path.isfile(jsonl):
         return None
     recs: Dict[int, Dict] = {}
@@ -110,17 +120,29 @@ def read_tps(jsonl: str, warmup: int) -> Optional[Dict]:
     timed = [recs[s] for s in steps if s > warmup] or [recs[s] for s in steps]
     if not timed:
         return None
-    return {"tps": statistics.median(r["tokens_per_s"] for r in timed), "n": len(timed),
+    values = [r["tokens_per_s"] for r in timed]
+    return {"tps": statistics.median(values), "values": values, "n": len(timed),
             "loss_first": recs[steps[0]]["loss"], "loss_last": recs[steps[-1]]["loss"]}
 
 
 def bench_one(kind: str, size: str, stage: int, args, work: str) -> Optional[Dict]:
+    """Launch one (kind, size, stage) --repeats times; the median tokens/s over the timed steps of
+    all launches, those values, and the losses of the last launch; None if a launch left no step records."""
+    runs = [bench_launch(kind, size, stage, args, work, i) for i in range(args.repeats)]
+    if not all(runs):
+        return None
+    values = [v for r in runs for v in r["values"]]
+    return {"tps": statistics.median(values), "values": values, "n": len(values), "launches": len(runs),
+            "loss_first": runs[-1]["loss_first"], "loss_last": runs[-1]["loss_last"]}
+
+
+def bench_launch(kind: str, size: str, stage: int, args, work: str, repeat: int) -> Optional[Dict]:
+    """One launch of megadfm or the baseline; its read_tps (None when it wrote no step records)."""
     import yaml
 
-    sys.path.insert(0, REPO)
     from megadfm.training.distributed import free_port
 
-    tag = f"{kind}_{size}_z{stage}"
+    tag = f"{kind}_{size}_z{stage}" + (f"_r{repeat}" if repeat else "")
     run_dir = os.path.join(work, tag)
     os.makedirs(run_dir, exist_ok=True)
     cfg_path = os.path.join(work, f"{tag}.yaml")
@@ -153,6 +175,7 @@ def bench_one(kind: str, size: str, stage: int, args, work: str) -> Optional[Dic
 
 
 def orchestrate(args) -> int:
+    """Every megadfm and baseline run; the table, the JSON line (and --json-out); 0 if every run succeeded."""
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     stages = [int(s) for s in args.stages.split(",") if s.strip()]
     for s in sizes:
@@ -171,12 +194,10 @@ def orchestrate(args) -> int:
     os.makedirs(work, exist_ok=True)
     print(f"bench_train: sizes {sizes}, stages {stages}, baseline stages {'same' if bstages is None else bstages}, "
           f"{args.steps} steps (median over steps > {args.warmup}), seq_len {args.seq_len}, micro batch {args.micro_batch}, "
-          f"{args.nproc} processes; work dir {work}", flush=True)
-    try:
-        load = os.getloadavg()
-        print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    except OSError:
-        pass
+          f"{args.nproc} processes, {args.repeats} launch(es) each; work dir {work}", flush=True)
+    header = print_header("train", f"baseline/{sizes[0]}/z{(bstages or stages)[0]}" if bstages != [] else "none",
+                          "HF Qwen3ForCausalLM + full [B*L, V] logits masked CE, same DeepSpeed config",
+                          int(RUN_ENV["OMP_NUM_THREADS"]), f"per rank, {args.nproc} ranks per run")
     mega: Dict = {}
     base: Dict = {}
     for size in sizes:
@@ -191,26 +212,38 @@ def orchestrate(args) -> int:
     def fmt(v):
         return f"{v:.1f}" if v is not None else "-"
 
+    def spread(r):
+        return f"[{min(r['values']):.1f}, {max(r['values']):.1f}]" if r else "-"
+
     print()
     print(f"tokens/s, {args.nproc} CPU processes, seq_len {args.seq_len}, micro batch {args.micro_batch}/process, "
-          f"median over steps {args.warmup + 1}..{args.steps}")
+          f"median over steps {args.warmup + 1}..{args.steps} of {args.repeats} launch(es), [min, max] of those steps")
     print("baseline = HF Qwen3ForCausalLM + full [B*L, V] logits masked CE, same DeepSpeed config; "
           "'(zN)' marks a baseline taken at another stage than the row's")
-    hdr = f"{'size':<6} {'stage':>5} {'megadfm tok/s':>14} {'baseline tok/s':>16} {'ratio':>7}"
+    hdr = (f"{'size':<6} {'stage':>5} {'megadfm tok/s':>14} {'baseline tok/s':>16} {'ratio':>7} "
+           f"{'megadfm [min, max]':>20} {'baseline [min, max]':>20}")
     print(hdr)
     print("-" * len(hdr))
+    results = {f"{kind}/{s}/z{z}": {"tokens_per_s": summarize(r["values"])}
+               for kind, runs in (("megadfm", mega), ("baseline", base)) for (s, z), r in runs.items() if r}
+    ratios = []
     for size in sizes:
         for stage in stages:
             m = mega.get((size, stage))
-            b, bnote = base.get((size, stage)), ""
+            b, bnote, bstage = base.get((size, stage)), "", stage
             if b is None:  # fall back to the baseline at the highest measured stage for this size
                 cands = sorted(z for (s, z), r in base.items() if s == size and r is not None)
                 if cands:
-                    b, bnote = base[(size, cands[-1])], f"(z{cands[-1]})"
+                    b, bnote, bstage = base[(size, cands[-1])], f"(z{cands[-1]})", cands[-1]
             mt = m["tps"] if m else None
             bt = b["tps"] if b else None
-            ratio = f"{mt / bt:.2f}x" if mt and bt else "-"
-            print(f"{size:<6} {stage:>5} {fmt(mt):>14} {(fmt(bt) + ' ' + bnote).strip():>16} {ratio:>7}")
+            shown = "-"
+            if mt and bt:
+                ratios.append(ratio(f"megadfm/baseline {size} z{stage} (tokens/s)", results, "tokens_per_s",
+                                    f"megadfm/{size}/z{stage}", f"baseline/{size}/z{bstage}"))
+                shown = f"{ratios[-1].value:.2f}x"
+            print(f"{size:<6} {stage:>5} {fmt(mt):>14} {(fmt(bt) + ' ' + bnote).strip():>16} {shown:>7} "
+                  f"{spread(m):>20} {spread(b):>20}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"args": vars(args),
@@ -218,6 +251,14 @@ def orchestrate(args) -> int:
                        "baseline": {f"{s}/z{z}": r for (s, z), r in base.items()}}, f, indent=2)
     if not args.keep_work and not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
+    failed = [f"{kind}/{s}/z{z}" for kind, runs in (("megadfm", mega), ("baseline", base)) for (s, z), r in runs.items()
+              if r is None]
+    if failed:
+        print(f"# no JSON line written: no step records from {', '.join(failed)}")
+    elif header.baseline not in results:
+        print("# no JSON line written: no baseline was measured (--baseline-stages none)")
+    else:
+        write_result(header, args, results, ratios, extra={"work_dir": work if args.keep_work or args.work_dir else None})
     return 0 if all(mega.values()) and all(base.values()) else 1
 
 
@@ -292,6 +333,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="'same' (a baseline for every size/stage row), 'none', or a comma list, e.g. '3': rows "
                         "without their own baseline compare with the highest-stage baseline of the size (default: %(default)s)")
     p.add_argument("--steps", type=int, default=8, help="training steps per run (default: %(default)s)")
+    add_repeats_arg(p, 1, "launches of every run; the per-step tokens/s of all of them are pooled")
     p.add_argument("--warmup", type=int, default=2, help="leading steps left out of the median (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: %(default)s)")
     p.add_argument("--micro-batch", type=int, default=4, help="sequences per process per step (default: %(default)s)")

@@ -11,6 +11,9 @@ sleep (so some land in the publish, the ``latest`` rewrite and retention). The o
 random moment of training. At the end: every surviving checkpoint verifies against its manifest, no
 ``.corrupt-*`` or ``.incomplete-*`` is left, and the per-step records (loss, lr, grad norm, batch
 hash) and the final consolidated weights equal an uninterrupted run's bitwise.
+
+A pass/fail soak, not a ratio bench: it prints the shared header (threads, load average: the load
+decides where the kills land) but writes no JSON line and is not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(REPO, ".cache", "torch_extensions"))  # as tests/conftest.py
 
-from tests.training.engine_helpers import TEST_ENV, kill_group, launch_command, tiny_config, write_config  # noqa: E402
+from bench.common import print_header  # noqa: E402
 
 TOKENIZER = os.path.join(REPO, "artifacts", "tokenizer", "qwen3")
 
@@ -47,6 +50,9 @@ def corpus(work: str) -> str:
 
 
 def env() -> Dict[str, str]:
+    """This environment plus the test suite's launch settings, without a parent launcher's rank variables."""
+    from tests.training.engine_helpers import TEST_ENV  # imported where used: --help answers without torch
+
     e = dict(os.environ, **TEST_ENV)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(var, None)
@@ -54,6 +60,9 @@ def env() -> Dict[str, str]:
 
 
 def launch(config: str, log: str, slow_ms: int) -> subprocess.Popen:
+    """Start a 2-process run of ``config`` through the fault-injection wrapper, in its own session."""
+    from tests.training.engine_helpers import launch_command
+
     return subprocess.Popen(launch_command(config, 2, "deepspeed", faults={"slow_save_ms": slow_ms}), cwd=REPO, env=env(),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -113,6 +122,9 @@ def check(run_dir: str, ref_dir: str, steps: int) -> Dict[str, object]:
 
 
 def soak(work: str, kills: int, steps: int, slow_ms: int, seed: int, startup_timeout: float) -> int:
+    """The reference run, ``kills`` killed and resumed launches, the final resume, the checks; 0 if all held."""
+    from tests.training.engine_helpers import kill_group, tiny_config, write_config
+
     rng = random.Random(seed)
     os.makedirs(work, exist_ok=True)
     prefix = corpus(work)
@@ -179,6 +191,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--work", default=os.path.join(REPO, "runs", "kill_soak"), help="work directory (reused corpus)")
     p.add_argument("--startup-timeout", type=float, default=600, help="seconds a launch may take to start training")
     args = p.parse_args(argv)
+    print_header("kill_soak", "reference", "the same run uninterrupted; records and weights compared bitwise", 1,
+                 "per rank: OMP_NUM_THREADS=1, 2 ranks")
     return soak(args.work, args.kills, args.steps or 6 * args.kills + 4, args.slow_save_ms, args.seed, args.startup_timeout)
 
 
