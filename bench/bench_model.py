@@ -3,7 +3,8 @@
 Baseline: ``Qwen3ForCausalLM(input_ids, labels=...)`` (SDPA attention, full-logits CE) + backward.
 Candidates: Qwen3DFM (torch kernels) in causal mode with AdaLN(t) (the like-for-like comparison)
 and in bidirectional mode with a packed cu_seqlens batch (what DFM training runs), each with
-``token_losses`` (chunked CE) on every position + backward. Same weights (converted through the
+``weighted_token_loss`` (the training loss: chunked CE with its gradients computed in forward) on
+every position + backward. Same weights (converted through the
 name map), same tokens, interleaved repetitions (--repeats, formerly --steps, which still works);
 printed and written: the median step time and its min/max, and per candidate the ratio of the
 medians baseline s/step / candidate s/step (= candidate tokens/s / baseline tokens/s).
@@ -58,8 +59,7 @@ def main() -> None:
     mask_id = min(151669, args.vocab - 1)
     models = {}
     for mode in ("causal", "bidirectional"):
-        cfg = model_config_from_hf(hf_cfg.to_dict(), mask_token_id=mask_id, kernels="torch", attention_mode=mode,
-                                   loss_chunk_size=4096)
+        cfg = model_config_from_hf(hf_cfg.to_dict(), mask_token_id=mask_id, kernels="torch", attention_mode=mode)
         m = Qwen3DFM(cfg, seed=0)
         load_state_dict(m, hf_to_megadfm_state_dict(hf.state_dict(), cfg)[0], "the in-memory conversion of the HF model")
         models[mode] = m.train()
@@ -81,7 +81,9 @@ def main() -> None:
         m.zero_grad(set_to_none=True)
         kwargs = {"cu_seqlens": cu} if mode == "bidirectional" else {}
         hidden = m(ids, t=t, **kwargs)
-        m.token_losses(hidden.reshape(B * L, -1), labels.flatten()).mean().backward()
+        # the training form: mean CE as a weighted sum (weights 1/N), gradients computed in forward
+        mean_weights = torch.full((B * L,), 1.0 / (B * L))
+        m.weighted_token_loss(hidden.reshape(B * L, -1), labels.flatten(), mean_weights)[0].backward()
 
     runs = {BASELINE: step_hf, "Qwen3DFM causal + AdaLN": lambda: step_ours("causal"),
             "Qwen3DFM bidirectional packed + AdaLN": lambda: step_ours("bidirectional")}
