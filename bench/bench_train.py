@@ -273,7 +273,7 @@ def worker_baseline(args) -> int:
     sys.path.insert(0, REPO)
     from megadfm.config import load_config
     from megadfm.data.loader import make_train_iterator
-    from megadfm.training.distributed import init_distributed
+    from megadfm.training.distributed import init_distributed, shutdown_distributed
     from megadfm.training.ds_config import build_ds_config
 
     import deepspeed
@@ -322,6 +322,7 @@ def worker_baseline(args) -> int:
     if out is not None:
         out.close()
     dist.barrier()
+    shutdown_distributed()  # as pretrain_dfm.py does: gloo's threads must not outlive the interpreter's teardown
     return 0
 
 
