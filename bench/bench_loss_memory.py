@@ -106,13 +106,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=8192, help="tokens N (rows of hidden); default 8192")
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary V (Qwen3: 151936)")
     p.add_argument("--hidden", type=int, default=2048, help="hidden size H (Qwen3-1.7B: 2048)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="tokens per chunk of the chunked implementations")
+    p.add_argument("--chunk-size", type=int, default=0,
+                   help="tokens per chunk of the chunked implementations (0: the model's default, the rows of one "
+                        "[chunk, V] fp32 block within --chunk-memory-mb)")
+    p.add_argument("--chunk-memory-mb", type=int, default=256, help="memory budget of one chunk when --chunk-size is 0 "
+                   "(model.loss_chunk_memory_mb's default)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated variants to run; must include the baseline {BASELINE!r} (default: %(default)s)")
     add_repeats_arg(p, 1, "fresh-process runs of every variant, interleaved")
     p.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    return p.parse_args()
+    args = p.parse_args()
+    if args.chunk_size == 0:
+        from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
+
+        args.chunk_size = chunk_rows_for_budget(args.vocab, args.chunk_memory_mb * 2**20)
+    return args
 
 
 def main() -> None:
