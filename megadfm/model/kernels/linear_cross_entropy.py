@@ -45,6 +45,20 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, excluded_token: Optiona
     return logits
 
 
+def _add_chunk_grads(grad_logits: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
+                     grad_hidden_rows: Optional[torch.Tensor], grad_weight: Optional[torch.Tensor]) -> None:
+    """Turn one chunk's fp32 logit gradient [n, V] into its rows of grad_hidden (written) and its share of
+    the fp32 grad_weight accumulator (added). None skips either."""
+    grad_logits = grad_logits.to(weight.dtype)
+    if grad_hidden_rows is not None:
+        torch.mm(grad_logits, weight, out=grad_hidden_rows)
+    if grad_weight is not None:
+        if weight.dtype == torch.float32:
+            grad_weight.addmm_(grad_logits.t(), h)
+        else:
+            grad_weight += (grad_logits.t() @ h).float()
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index: int, excluded_token: Optional[int], chunk_size: int):
@@ -77,14 +91,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             rows = torch.arange(end - start, device=h.device)
             grad_logits[rows, torch.where(valid, tgt, 0)] -= valid.to(grad_logits.dtype)
             grad_logits.mul_(torch.where(valid, grad_losses[start:end].float(), 0.0)[:, None])
-            grad_logits = grad_logits.to(weight.dtype)
-            if need_h:
-                grad_hidden[start:end] = grad_logits @ weight
-            if need_w:
-                if weight.dtype == torch.float32:
-                    grad_weight.addmm_(grad_logits.t(), h)
-                else:
-                    grad_weight += (grad_logits.t() @ h).float()
+            _add_chunk_grads(grad_logits, h, weight, grad_hidden[start:end] if need_h else None, grad_weight)
             del grad_logits
         if need_w:
             grad_weight = grad_weight.to(weight.dtype)
@@ -136,14 +143,7 @@ class WeightedLinearCrossEntropy(torch.autograd.Function):
             chunk_ce, grad_logits = _softmax_grad_chunk(h, weight, targets[start:end], token_weights[start:end],
                                                         ignore_index, excluded_token)
             ce[start:end] = chunk_ce
-            grad_logits = grad_logits.to(weight.dtype)
-            if need_h:
-                torch.mm(grad_logits, weight, out=grad_hidden[start:end])
-            if need_w:
-                if weight.dtype == torch.float32:
-                    grad_weight.addmm_(grad_logits.t(), h)
-                else:
-                    grad_weight += (grad_logits.t() @ h).float()
+            _add_chunk_grads(grad_logits, h, weight, grad_hidden[start:end] if need_h else None, grad_weight)
             del grad_logits
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
