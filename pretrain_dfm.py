@@ -48,4 +48,6 @@ def main(argv=None, callbacks=()) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from megadfm.training.run import exit_process
+
+    exit_process(main())

@@ -101,4 +101,6 @@ if __name__ == "__main__":
     import pretrain_dfm
 
     faults, args = split_faults(sys.argv[1:])
-    sys.exit(pretrain_dfm.main(args, callbacks=faults))
+    from megadfm.training.run import exit_process
+
+    exit_process(pretrain_dfm.main(args, callbacks=faults))
