@@ -52,8 +52,13 @@ demo: tokenizer
 eval-demo: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/eval_demo.sh
 
+# Two pytest workers (one per CI core): most tests are single-threaded, so one process leaves a core idle.
+# --dist loadfile keeps each file, and its module-scoped training runs, in one worker. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: tokenizer
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests \
+		$(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 bench: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 bash bench/run_all.sh

@@ -34,7 +34,7 @@ setup(
         # flash-attn needs CUDA to build; NVIDIA apex is not on PyPI (PyPI's "apex" is an unrelated
         # package): install apex from NVIDIA's source if you want its FusedRMSNorm.
         "gpu": ["flash-attn>=2.5", "liger-kernel>=0.5", "triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": []},
 )
