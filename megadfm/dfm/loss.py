@@ -83,12 +83,16 @@ def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.
 
     Shared by the training loss and evaluation so both apply the shift identically.
     """
-    hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
-    row = target // x1.shape[1]
-    if target.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
+    hidden_sel, targets, row = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    if row.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
         return hidden_sel.new_zeros(0, dtype=torch.float32), row
-    ce = model.token_losses(hidden_sel, x1.reshape(-1).index_select(0, target))
-    return ce.float(), row
+    return model.token_losses(hidden_sel, targets).float(), row
+
+
+def _scored_predictions(hidden, x1, scored, segment_start, shift):
+    """(hidden states that predict the scored tokens [N, H], those clean tokens [N], their rows [N])."""
+    hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
+    return hidden_sel, x1.reshape(-1).index_select(0, target), target // x1.shape[1]
 
 
 def scored_weighted_loss(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.Tensor, scored: torch.Tensor,
@@ -96,11 +100,10 @@ def scored_weighted_loss(model: torch.nn.Module, hidden: torch.Tensor, x1: torch
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum over scored tokens of row_weights[row] * CE, per-token CE [N] detached, row [N]): the training
     form of :func:`scored_token_losses`, with the same gather (hence the same shift)."""
-    hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
-    row = target // x1.shape[1]
-    if target.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
+    hidden_sel, targets, row = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    if row.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
         return hidden_sel.new_zeros((), dtype=torch.float32), hidden_sel.new_zeros(0, dtype=torch.float32), row
-    loss, ce = model.weighted_token_loss(hidden_sel, x1.reshape(-1).index_select(0, target), row_weights.index_select(0, row))
+    loss, ce = model.weighted_token_loss(hidden_sel, targets, row_weights.index_select(0, row))
     return loss, ce.float(), row
 
 
