@@ -278,6 +278,7 @@ def worker_baseline(args) -> int:
 
     import deepspeed
     from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
 
     cfg = load_config(args.config, [])
     rank, world, _ = init_distributed()
@@ -291,8 +292,12 @@ def worker_baseline(args) -> int:
                          attn_implementation="sdpa", use_cache=False)
     assert MASK_TOKEN_ID < hf_cfg.vocab_size
     torch.manual_seed(t.seed)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=t.zero_stage == 3):
-        model = Qwen3ForCausalLM(hf_cfg)
+    # transformers' own ZeRO-3 path: with an HfDeepSpeedConfig alive, from_config builds under zero.Init AND then
+    # initialises the partitioned weights (gathered per module, std initializer_range). A bare
+    # `with zero.Init(): Qwen3ForCausalLM(cfg)` skips that init (it runs on empty shards), leaving nn.Embedding's
+    # N(0, 1) in the tied head: a first loss of ~230 instead of ~ln(V) = 12.
+    hf_ds = HfDeepSpeedConfig(ds_config) if t.zero_stage == 3 else None  # noqa: F841 (must stay referenced)
+    model = Qwen3ForCausalLM._from_config(hf_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     global_batch = ds_config["train_batch_size"]

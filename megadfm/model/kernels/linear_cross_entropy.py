@@ -119,10 +119,12 @@ def _softmax_grad_chunk(h, weight, tgt, token_w, ignore_index, excluded_token):
     probs = logits.sub_(row_max).exp_()  # in place: the logits are not needed again
     total = probs.sum(dim=1, keepdim=True)
     ce = torch.where(valid, (row_max + total.log()).squeeze(1) - target_logit, 0.0)
-    probs.div_(total)
+    # w_i * (softmax_i - onehot_i): normalising and weighting are one pass over [n, V] (1/total_i * w_i),
+    # the one-hot part touches one entry per row
+    w = torch.where(valid, token_w.float(), 0.0)
+    probs.mul_(w[:, None] / total)
     rows = torch.arange(h.shape[0], device=h.device)
-    probs[rows, safe_tgt] -= valid.to(probs.dtype)
-    probs.mul_(torch.where(valid, token_w.float(), 0.0)[:, None])
+    probs[rows, safe_tgt] -= w
     return ce, probs
 
 
