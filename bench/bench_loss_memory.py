@@ -109,7 +109,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=0,
                    help="tokens per chunk of the chunked implementations (0: the model's default, the rows of one "
                         "[chunk, V] fp32 block within --chunk-memory-mb)")
-    p.add_argument("--chunk-memory-mb", type=int, default=256, help="memory budget of one chunk when --chunk-size is 0 "
+    p.add_argument("--chunk-memory-mb", type=int, default=None, help="memory budget of one chunk when --chunk-size is 0 "
                    "(model.loss_chunk_memory_mb's default)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--variants", default=",".join(VARIANTS),
@@ -120,6 +120,10 @@ def parse_args() -> argparse.Namespace:
     if args.chunk_size == 0:
         from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
 
+        if args.chunk_memory_mb is None:
+            from megadfm.model import ModelConfig
+
+            args.chunk_memory_mb = ModelConfig().loss_chunk_memory_mb
         args.chunk_size = chunk_rows_for_budget(args.vocab, args.chunk_memory_mb * 2**20)
     return args
 

@@ -144,11 +144,12 @@ def test_weighted_bf16_keeps_fp32_statistics():
 def test_chunk_size_comes_from_the_memory_budget(caplog):
     import logging
 
-    from megadfm.model import Qwen3DFM
+    from megadfm.model import ModelConfig, Qwen3DFM
     from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
     from tests.model.tiny import tiny_config
 
-    assert chunk_rows_for_budget(151936, 256 * 2**20) == 441  # the default at Qwen3's vocabulary
+    assert chunk_rows_for_budget(151936, 512 * 2**20) == 883  # the default at Qwen3's vocabulary
+    assert ModelConfig().loss_chunk_memory_mb == 512
     assert chunk_rows_for_budget(151936, 1) == 1
     model = Qwen3DFM(tiny_config(loss_chunk_memory_mb=1))
     with caplog.at_level(logging.INFO, logger="megadfm.model"):
