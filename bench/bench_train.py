@@ -278,7 +278,8 @@ def worker_baseline(args) -> int:
 
     import deepspeed
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    from transformers.integrations import HfDeepSpeedConfig
+    from transformers import initialization as hf_init
+    from transformers.integrations.deepspeed import initialize_weights_zero3
 
     cfg = load_config(args.config, [])
     rank, world, _ = init_distributed()
@@ -292,12 +293,17 @@ def worker_baseline(args) -> int:
                          attn_implementation="sdpa", use_cache=False)
     assert MASK_TOKEN_ID < hf_cfg.vocab_size
     torch.manual_seed(t.seed)
-    # transformers' own ZeRO-3 path: with an HfDeepSpeedConfig alive, from_config builds under zero.Init AND then
-    # initialises the partitioned weights (gathered per module, std initializer_range). A bare
-    # `with zero.Init(): Qwen3ForCausalLM(cfg)` skips that init (it runs on empty shards), leaving nn.Embedding's
-    # N(0, 1) in the tied head: a first loss of ~230 instead of ~ln(V) = 12.
-    hf_ds = HfDeepSpeedConfig(ds_config) if t.zero_stage == 3 else None  # noqa: F841 (must stay referenced)
-    model = Qwen3ForCausalLM._from_config(hf_cfg)
+    if t.zero_stage == 3:
+        # What transformers' from_config does under ZeRO-3 (it needs accelerate for that path, which is not installed):
+        # build partitioned with HF's init suppressed, then initialise module by module on gathered parameters. A bare
+        # `with zero.Init(): Qwen3ForCausalLM(cfg)` runs HF's init on empty shards and keeps nn.Embedding's N(0, 1)
+        # in the tied head: a first loss of ~230 instead of about ln(V) = 12.
+        with hf_init.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = Qwen3ForCausalLM(hf_cfg)
+        initialize_weights_zero3(model)
+        model.tie_weights()
+    else:
+        model = Qwen3ForCausalLM(hf_cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     global_batch = ds_config["train_batch_size"]
