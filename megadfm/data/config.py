@@ -8,6 +8,9 @@ from typing import List, Literal, Optional
 from megadfm.config_base import doc, require
 from megadfm.tokens import ENDOFTEXT_TOKEN_ID, PAD_TOKEN_ID
 
+IM_END_TOKEN_ID = 151645
+"""``<|im_end|>``: Qwen3's chat end-of-turn token, the last token of every SFT response."""
+
 
 @dataclass
 class BlendSource:
@@ -19,6 +22,27 @@ class BlendSource:
     def __post_init__(self) -> None:
         require(bool(self.prefix), "prefix", "must be a non-empty path prefix")
         require(self.weight > 0, "weight", f"must be positive, got {self.weight}")
+
+
+@dataclass
+class SFTConfig:
+    """How instruction examples ([prompt, response] documents) become rows (used with data.format: sft;
+    megadfm/data/sft.py, megadfm/dfm/README.md "SFT")."""
+
+    packing: bool = doc(False, "false: one example per row; true: consecutive examples of a seeded order share a row "
+                               "(each its own cu_seqlens segment, never attending to another) while the next one fits.")
+    padding: Literal["eos_train", "exclude"] = doc(
+        "eos_train", "Row tail after the last example. eos_train: filled with eos_token_id, part of the last example's "
+        "segment and scored as response (LLaDA: teaches where to stop); exclude: pad_token_id, its own segment, out of "
+        "attention and loss.")
+    eos_token_id: int = doc(IM_END_TOKEN_ID, "End-of-turn token that ends every response (<|im_end|> in Qwen3); "
+                                             "fills the row tail under padding: eos_train.")
+    eos_loss_weight: float = doc(1.0, "Multiplier of the loss of response positions whose target is eos_token_id "
+                                      "(the tail under eos_train included); 1.0 leaves the loss as it is.")
+
+    def __post_init__(self) -> None:
+        require(self.eos_token_id >= 0, "eos_token_id", f"must be a token id >= 0, got {self.eos_token_id}")
+        require(self.eos_loss_weight >= 0, "eos_loss_weight", f"must be >= 0, got {self.eos_loss_weight}")
 
 
 @dataclass
@@ -37,6 +61,11 @@ class DataConfig:
     eod_token_id: int = doc(ENDOFTEXT_TOKEN_ID, "End-of-document token appended by preprocessing (<|endoftext|>).")
     pad_token_id: int = doc(PAD_TOKEN_ID, "Token used to fill the tail of a sample; padding is never attended to nor in the loss.")
     num_workers: int = doc(0, "DataLoader worker processes per rank.")
+    format: Literal["pretrain", "sft"] = doc(
+        "pretrain", "pretrain: documents packed back to back into seq_len rows (packing.py). sft: every document is one "
+        "instruction example of two sequences [prompt, response], never cut; batches gain prompt_mask (megadfm/data/sft.py). "
+        "An example longer than seq_len is refused at start-up.")
+    sft: SFTConfig = doc(help="Rows of instruction examples (only read with format: sft).", factory=SFTConfig)
 
     def __post_init__(self) -> None:
         require(self.seq_len > 0, "seq_len", f"must be a positive integer, got {self.seq_len}")

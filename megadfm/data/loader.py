@@ -39,17 +39,21 @@ from megadfm.data.blending import (BlendedDataset, cached_blend_index, effective
 from megadfm.data.config import DataConfig
 from megadfm.data.indexed import IndexedDataset
 from megadfm.data.packing import SPLIT_NAMES, DataError, PackedDataset, split_ranges
+from megadfm.data.sft import SFTDataset, build_sft_rows
 
 logger = logging.getLogger(__name__)
 
 
 def collate_samples(samples: Sequence[Dict[str, object]]) -> Dict[str, torch.Tensor]:
-    """Packed samples -> the batch contract of megadfm/data/batch.py."""
+    """Packed (or SFT) samples -> the batch contract of megadfm/data/batch.py; SFT samples add
+    ``prompt_mask`` [B, L] bool and, with an EOS loss weight, ``loss_weights`` [B, L] float32."""
     seq_len = len(samples[0]["tokens"])
     segments = [s["segment_lengths"] for s in samples]
     cu_seqlens = segments_to_cu_seqlens(segments, seq_len)
     num_tokens = torch.tensor([s["num_tokens"] for s in samples], dtype=torch.long)
-    return {
+    optional = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
+                for key in ("prompt_mask", "loss_weights") if key in samples[0]}
+    return {**optional,
         "input_ids": torch.from_numpy(np.stack([s["tokens"] for s in samples])).long(),
         "position_ids": position_ids_from_segments(segments),
         "cu_seqlens": cu_seqlens,
@@ -84,7 +88,12 @@ def build_blended_dataset(cfg: DataConfig, split: str, num_samples: Optional[int
     indexed = [IndexedDataset(source.prefix) for source in cfg.blend]
     ranges = [split_ranges(ix.num_documents, cfg.split)[SPLIT_NAMES.index(split)] for ix in indexed]
     per_epoch = []
+    sft_rows = []  # data.format: sft, the grouping of each source's examples into rows (megadfm/data/sft.py)
     for ix, (a, b) in zip(indexed, ranges):
+        if cfg.format == "sft":
+            sft_rows.append(build_sft_rows(ix, split, (a, b), cfg, cache_dir))
+            per_epoch.append(sft_rows[-1].samples_per_epoch)
+            continue
         tokens = int(ix.document_lengths()[a:b].sum())
         if tokens == 0:
             raise DataError(f"{ix.prefix}: the {split} split (documents [{a}, {b}) of {ix.num_documents}, "
@@ -101,8 +110,11 @@ def build_blended_dataset(cfg: DataConfig, split: str, num_samples: Optional[int
             if cfg.on_exhausted == "error":
                 raise DataError(message + "; set data.on_exhausted: repeat, lower its weight or add data")
             logger.warning("%s: repeating it for %d epochs (data.on_exhausted: repeat)", message, epochs[-1])
-    datasets = [PackedDataset(ix, split, r, cfg.seq_len, cfg.seed, e, cache_dir, cfg.pad_token_id)
-                for ix, r, e in zip(indexed, ranges, epochs)]
+    if cfg.format == "sft":
+        datasets = [SFTDataset(rows, e, cfg, cache_dir) for rows, e in zip(sft_rows, epochs)]
+    else:
+        datasets = [PackedDataset(ix, split, r, cfg.seq_len, cfg.seed, e, cache_dir, cfg.pad_token_id)
+                    for ix, r, e in zip(indexed, ranges, epochs)]
     blended = BlendedDataset(datasets, index)
     blended.mix = effective_mix(datasets, weights, index["dataset_index"])
     log_mix(blended.mix, len(blended), cfg.seq_len)

@@ -37,7 +37,8 @@ class DFMConfig:
     loss_normalizer: str = doc(
         "tokens", "What the weighted sum is divided by (megadfm/dfm/normalizers.py). tokens: the batch's real tokens "
         "(B*L for packed batches; CoDA, LLaDA); masked: the number of scored (masked) tokens; all_positions: B*L, "
-        "padding included.", choices=LOSS_NORMALIZERS)
+        "padding included; response_length (SFT batches only): each row by B times its response tokens, LLaDA's SFT "
+        "loss.", choices=LOSS_NORMALIZERS)
     shift_logits: bool = doc(True, "Output at position i predicts token i+1 within its document (reuses the AR head, as CoDA and Dream); "
         "the first token of each document is then never masked. One function applies it: megadfm/dfm/shift.py.")
     prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix of length uniform in [1, n-1] (n real tokens).")

@@ -26,6 +26,10 @@ which is this module's formula with w = inverse_mask_ratio, shift on, normalizer
 (CoDA also masks the first token of a row but can never score it; megadfm never masks it, see
 shift.py.)
 
+SFT batches (megadfm/data/sft.py) may carry ``prompt_mask`` (never masked, never scored) and
+``loss_weights`` [B, L], a per-token multiplier of CE_i by its target position (the one per-token
+hook; SFT's EOS down-weighting uses it). The ``response_length`` normalizer divides row by row.
+
 The unweighted sums and counts are always returned for telemetry (per-mask-ratio buckets).
 """
 
@@ -52,13 +56,13 @@ class DFMLossOutput:
     """Loss and per-sequence statistics of one micro-batch (docs/INTERFACES.md)."""
 
     loss: torch.Tensor  # scalar, differentiable
-    per_seq_weighted_sum: torch.Tensor  # [B] sum over scored positions of w(t) * CE (detached)
+    per_seq_weighted_sum: torch.Tensor  # [B] sum over scored positions of w(t) * CE (* loss_weights if given; detached)
     per_seq_unweighted_sum: torch.Tensor  # [B] sum over scored positions of CE (detached)
     per_seq_masked_count: torch.Tensor  # [B] long: scored positions
     t: torch.Tensor  # [B]
     mask_ratio: torch.Tensor  # [B] r = 1 - kappa(t)
     weight: torch.Tensor  # [B] w(t) as applied
-    normalizer: torch.Tensor  # scalar float: what the weighted total was divided by
+    normalizer: torch.Tensor  # float: what the weighted total was divided by (scalar, or [B] per row: response_length)
     x_t: torch.Tensor  # [B, L] the corrupted input fed to the model (debugging)
     masked: torch.Tensor  # [B, L] bool: scored positions (debugging)
     truncated_rows: torch.Tensor  # [B] bool: rows shortened by the CoDA truncation strategy
@@ -70,10 +74,12 @@ def loss_weight(t: torch.Tensor, mask_ratio: torch.Tensor, cfg: DFMConfig, sched
     return LOSS_WEIGHTINGS.get(weighting)(t, mask_ratio, scheduler)
 
 
-def loss_normalizer(loss_mask: torch.Tensor, scored: torch.Tensor, cfg: DFMConfig) -> torch.Tensor:
-    """Scalar float32 divisor of the weighted sum, >= 1 (see megadfm/dfm/normalizers.py)."""
+def loss_normalizer(loss_mask: torch.Tensor, scored: torch.Tensor, cfg: DFMConfig,
+                    prompt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Float32 divisor of the weighted sum, >= 1: a scalar, or [B] per-row divisors (``response_length``);
+    see megadfm/dfm/normalizers.py."""
     _, normalizer = resolve(cfg.loss_weighting, cfg.loss_normalizer)
-    count = LOSS_NORMALIZERS.get(normalizer)(loss_mask, scored)
+    count = LOSS_NORMALIZERS.get(normalizer)(loss_mask, scored, prompt_mask)
     return torch.as_tensor(count, dtype=torch.float32, device=scored.device).clamp(min=1.0)
 
 
@@ -83,27 +89,35 @@ def scored_token_losses(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.
 
     Shared by the training loss and evaluation so both apply the shift identically.
     """
-    hidden_sel, targets, row = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    hidden_sel, targets, target = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    row = target // x1.shape[1]
     if row.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
         return hidden_sel.new_zeros(0, dtype=torch.float32), row
     return model.token_losses(hidden_sel, targets).float(), row
 
 
 def _scored_predictions(hidden, x1, scored, segment_start, shift):
-    """(hidden states that predict the scored tokens [N, H], those clean tokens [N], their rows [N])."""
+    """(hidden states that predict the scored tokens [N, H], those clean tokens [N], their flat positions [N])."""
     hidden_sel, target = gather_predictions(hidden, scored, segment_start, shift)
-    return hidden_sel, x1.reshape(-1).index_select(0, target), target // x1.shape[1]
+    return hidden_sel, x1.reshape(-1).index_select(0, target), target
 
 
 def scored_weighted_loss(model: torch.nn.Module, hidden: torch.Tensor, x1: torch.Tensor, scored: torch.Tensor,
-                         segment_start: torch.Tensor, shift: bool, row_weights: torch.Tensor
+                         segment_start: torch.Tensor, shift: bool, row_weights: torch.Tensor,
+                         position_weights: Optional[torch.Tensor] = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sum over scored tokens of row_weights[row] * CE, per-token CE [N] detached, row [N]): the training
-    form of :func:`scored_token_losses`, with the same gather (hence the same shift)."""
-    hidden_sel, targets, row = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    """(sum over scored tokens of row_weights[row] * position_weights[position] * CE, per-token CE [N]
+    detached, row [N]): the training form of :func:`scored_token_losses`, with the same gather (hence the
+    same shift). ``position_weights`` [B, L] (optional batch key ``loss_weights``) is indexed by the
+    *target* position; its scored entries are ``position_weights[scored]`` (row-major, the order of CE)."""
+    hidden_sel, targets, target = _scored_predictions(hidden, x1, scored, segment_start, shift)
+    row = target // x1.shape[1]
     if row.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
         return hidden_sel.new_zeros((), dtype=torch.float32), hidden_sel.new_zeros(0, dtype=torch.float32), row
-    loss, ce = model.weighted_token_loss(hidden_sel, targets, row_weights.index_select(0, row))
+    token_weights = row_weights.index_select(0, row)
+    if position_weights is not None:
+        token_weights = token_weights * position_weights.reshape(-1).to(token_weights.dtype).index_select(0, target)
+    loss, ce = model.weighted_token_loss(hidden_sel, targets, token_weights)
     return loss, ce.float(), row
 
 
@@ -114,7 +128,9 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
 
     ``model`` follows docs/INTERFACES.md (``model(input_ids, t=..., position_ids=..., cu_seqlens=...,
     max_seqlen=...)`` and ``model.token_losses``). ``mask_token_id`` defaults to the model's
-    ``cfg.mask_token_id``. Optional batch key ``prompt_mask`` [B, L] marks tokens never masked.
+    ``cfg.mask_token_id``. Optional batch keys (SFT, megadfm/data/sft.py): ``prompt_mask`` [B, L] marks
+    tokens never masked nor scored; ``loss_weights`` [B, L] float multiplies the CE of the token at each
+    position (SFT's EOS down-weighting).
     All randomness comes from ``generator`` (on the batch's device).
     """
     x1_in = batch["input_ids"]
@@ -138,12 +154,17 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
                    max_seqlen=work["max_seqlen"])
     weight = loss_weight(t.double(), mask_ratio.double(), cfg, scheduler).to(torch.float32)
     # The batch as given, not work["loss_mask"]: CoDA truncation must not change the normalizer.
-    normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg)
+    normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg, batch.get("prompt_mask"))
+    position_weights = work.get("loss_weights")
     # sum_b w(t_b) * sum_{i in b} CE_i / normalizer as one weighted sum over tokens: the head computes its
     # gradients in forward (model.weighted_token_loss), which needs each token's weight up front.
-    weighted_ce, ce, row = scored_weighted_loss(model, hidden, x1, path.scored, starts, cfg.shift_logits, weight / normalizer)
+    weighted_ce, ce, row = scored_weighted_loss(model, hidden, x1, path.scored, starts, cfg.shift_logits, weight / normalizer,
+                                                position_weights)
     unweighted = torch.zeros(bsz, dtype=torch.float32, device=x1.device).index_add(0, row, ce)
-    weighted = weight * unweighted
+    # telemetry's weighted sums follow the loss: position weights included (scored entries in CE order)
+    position_weighted = unweighted if position_weights is None else torch.zeros_like(unweighted).index_add(
+        0, row, ce * position_weights[path.scored].float())
+    weighted = weight * position_weighted
     count = path.scored.sum(dim=1)
     # hidden.sum() * 0 keeps every parameter in the graph when nothing is scored (a DDP/ZeRO
     # backward must still visit them); it adds exactly zero otherwise.
