@@ -13,6 +13,14 @@ Writes ``{prefix}_{key}_document.bin/.idx`` per JSON key (as Megatron names them
 files, empty / invalid / undecodable documents, elapsed). Outputs are written under temporary
 names and renamed when complete; the summary is written last, so a killed run leaves nothing
 under a final name.
+``--chat`` reads instruction records instead (JSONL lines with ``messages`` or ``prompt``/``response``,
+megadfm/data/chat.py): each example becomes ONE document of TWO sequences [prompt, response] in
+``{prefix}_chat_document.bin/.idx``, the chat template applied as transformers' apply_chat_template
+does (see megadfm/data/README.md, "Instruction (chat) data"):
+
+    python tools/preprocess_data.py --chat --input data/sft.jsonl --tokenizer artifacts/tokenizer/qwen3 \\
+        --output-prefix data/sft --max-length 2048 --overlong truncate-prompt
+
 A run whose summary matches the inputs, options and tokenizer is skipped ("up to date") unless
 ``--force``. ``--workers N`` gives byte-identical output to ``--workers 1`` (order is kept).
 
@@ -44,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import megadfm  # noqa: E402
 from megadfm.data.indexed import CODE_OF_DTYPE, IndexedDatasetWriter, bin_path, dtype_for_vocab, idx_path  # noqa: E402
 from megadfm.data.sources import Record, count_records, discover, input_files, iter_records  # noqa: E402
+from megadfm.data.chat import END_OF_TURN, OVERLONG_POLICIES, QWEN3_CHAT_TEMPLATE  # noqa: E402
 
 logger = logging.getLogger("preprocess_data")
 TOOL_VERSION = f"{megadfm.__version__}/preprocess-1"  # bump the suffix when the output bytes change
@@ -74,7 +83,44 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-documents", type=int, default=None, help="Stop after this many input records.")
     p.add_argument("--force", action="store_true", help="Rebuild even when the summary says the outputs are up to date.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar (log lines only).")
+    chat = p.add_argument_group("instruction (chat) data", "Only with --chat.")
+    chat.add_argument("--chat", action="store_true",
+                      help="Read JSONL chat records ('messages' list of {role, content}, roles system/user/assistant; "
+                           "or 'prompt'/'response' strings, optional 'system') and write each example as one document "
+                           "of two sequences [prompt, response] to {prefix}_chat_document.")
+    chat.add_argument("--all-turns", action="store_true",
+                      help="One example per assistant turn (its earlier turns in the prompt) instead of only the last.")
+    chat.add_argument("--max-length", type=int, default=None,
+                      help="Most tokens of an example (prompt + response); longer ones follow --overlong.")
+    chat.add_argument("--overlong", choices=OVERLONG_POLICIES, default="drop",
+                      help="Examples over --max-length: truncate-prompt cuts the prompt from the left (an example whose "
+                           "response leaves no room for one prompt token is dropped); drop drops them (default). "
+                           "Both are counted in the summary.")
+    chat.add_argument("--chat-template", default=None,
+                      help="Jinja chat template file to apply instead of the tokenizer folder's own (default: the "
+                           "folder's; megadfm's Qwen3 template for the offline-built Qwen3 folder, which has none).")
+    chat.add_argument("--end-of-turn", default=END_OF_TURN,
+                      help=f"Token every response must end with (default: {END_OF_TURN}).")
+    chat.add_argument("--turn-newline", action="store_true",
+                      help="Keep the newline the template writes after the end-of-turn token at the end of the "
+                           "response (default: responses end with the end-of-turn token).")
     args = p.parse_args(argv)
+    chat_only = [f for f, on in (("--all-turns", args.all_turns), ("--max-length", args.max_length is not None),
+                                 ("--chat-template", args.chat_template is not None), ("--turn-newline", args.turn_newline),
+                                 ("--end-of-turn", args.end_of_turn != END_OF_TURN)) if on]
+    if chat_only and not args.chat:
+        p.error(f"{', '.join(chat_only)} only apply with --chat")
+    if args.chat:
+        if args.append_eod:
+            p.error("--append-eod does not apply with --chat: an example is exactly [prompt, response]")
+        if args.workers != 1:
+            p.error("--chat tokenizes in one process: use --workers 1")
+        if args.json_keys != ["text"]:
+            p.error("--json-keys does not apply with --chat (records have 'messages' or 'prompt'/'response')")
+        if args.chat_template is not None and not os.path.isfile(args.chat_template):
+            p.error(f"--chat-template {args.chat_template}: file not found")
+        if args.max_length is not None and args.max_length < 2:
+            p.error(f"--max-length must be >= 2 (one prompt and one response token), got {args.max_length}")
     if args.workers < 1:
         p.error(f"--workers must be >= 1, got {args.workers}")
     if args.max_documents is not None and args.max_documents < 1:
@@ -111,8 +157,17 @@ def fingerprint(args: argparse.Namespace, files: List[Dict[str, object]], tok_ha
 
 
 def options(args: argparse.Namespace) -> Dict[str, object]:
-    return {"json_keys": args.json_keys, "glob": args.glob, "exclude": args.exclude, "hf_split": args.hf_split,
-            "append_eod": args.append_eod, "eod_token": args.eod_token, "max_documents": args.max_documents}
+    out = {"json_keys": args.json_keys, "glob": args.glob, "exclude": args.exclude, "hf_split": args.hf_split,
+           "append_eod": args.append_eod, "eod_token": args.eod_token, "max_documents": args.max_documents}
+    if args.chat:  # only then: the fingerprints of plain-text outputs stay what they were
+        template_file_sha = None
+        if args.chat_template is not None:
+            with open(args.chat_template, "rb") as f:
+                template_file_sha = hashlib.sha256(f.read()).hexdigest()
+        out.update(chat=True, all_turns=args.all_turns, max_length=args.max_length, overlong=args.overlong,
+                   end_of_turn=args.end_of_turn, turn_newline=args.turn_newline, chat_template_file_sha256=template_file_sha,
+                   builtin_template_sha256=hashlib.sha256(QWEN3_CHAT_TEMPLATE.encode()).hexdigest())
+    return out
 
 
 def up_to_date(args: argparse.Namespace, digest: str) -> bool:
@@ -210,6 +265,8 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     """Preprocess as ``args`` says; returns the summary. ``tokenizer`` skips reloading one already loaded."""
     global _ENCODER
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # --workers is the only parallelism
+    if args.chat:
+        return run_chat(args, tokenizer)
     started = time.time()
     sources = discover(args.input, args.glob, args.exclude)
     refuse_empty_input(args, sources)
@@ -287,6 +344,115 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     return summary
 
 
+# -- --chat: instruction examples ------------------------------------------------------------
+
+def run_chat(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
+    """``--chat``: every example of every record as one [prompt, response] document; returns the summary."""
+    from megadfm.data.chat import ChatEncoder, ChatError, fit_to_length, iter_jsonl_objects, resolve_chat_template
+    from megadfm.data.tokenizer import check_tokenizer_folder
+
+    started = time.time()
+    sources = discover(args.input, args.glob, args.exclude)
+    not_jsonl = [s.path for s in sources if s.kind not in ("jsonl", "jsonl.gz")]
+    if not_jsonl:
+        raise PreprocessError(f"--chat reads JSONL files (.jsonl, .json, .jsonl.gz); not one: {not_jsonl[0]}")
+    files = input_files(sources)
+    check_tokenizer_folder(args.tokenizer)
+    tok_hashes = tokenizer_hashes(args.tokenizer)
+    digest = fingerprint(args, files, tok_hashes)
+    prefix = output_prefix(args.output_prefix, "chat")
+    if not args.force and up_to_date(args, digest):
+        logger.info("up to date: %s matches the inputs, options and tokenizer (use --force to rebuild)",
+                    summary_path(args.output_prefix))
+        with open(summary_path(args.output_prefix), encoding="utf-8") as f:
+            return json.load(f)
+    if os.path.exists(summary_path(args.output_prefix)):
+        os.remove(summary_path(args.output_prefix))  # outputs without a summary are never taken as up to date
+    if tokenizer is None:
+        from megadfm.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    template = resolve_chat_template(args.tokenizer, tokenizer, args.chat_template)
+    encoder = ChatEncoder(tokenizer, template, args.all_turns, args.turn_newline, args.end_of_turn)
+    vocab = len(tokenizer)
+    dtype = dtype_for_vocab(vocab)
+    logger.info("%d chat input files, tokenizer %s (%d tokens) -> %s, template: %s, %s, max length %s (%s)",
+                len(files), args.tokenizer, vocab, dtype.name, template.source,
+                "every assistant turn" if args.all_turns else "last assistant turn", args.max_length, args.overlong)
+    stats: collections.Counter = collections.Counter()
+    remove_leftovers([prefix])
+    t0 = time.time()
+    writer = IndexedDatasetWriter(prefix, dtype)
+    bar = tqdm(unit="record", desc="chat examples", disable=args.no_progress, dynamic_ncols=True, mininterval=1.0)
+    try:
+        for location, record in itertools.islice(_chat_records(sources, iter_jsonl_objects), args.max_documents):
+            stats["records"] += 1
+            for example in encoder.examples(record, location):
+                fitted, status = fit_to_length(example, args.max_length, args.overlong)
+                stats[status] += 1
+                if status != "kept" and stats[status] <= MAX_LOGGED:
+                    logger.warning("%s: assistant turn %d has %d tokens (prompt %d + response %d), over --max-length "
+                                   "%d: %s", location, example.turn, len(example), len(example.prompt_ids),
+                                   len(example.response_ids), args.max_length, status)
+                if fitted is None:
+                    continue
+                ids = np.asarray(fitted.prompt_ids + fitted.response_ids, dtype=np.int64)
+                if int(ids.max()) >= vocab:
+                    raise PreprocessError(f"{location}: assistant turn {example.turn} tokenized to id {int(ids.max())}, "
+                                          f">= the tokenizer's size {vocab} ({args.tokenizer})")
+                writer.add_document(ids, sequence_lengths=[len(fitted.prompt_ids), len(fitted.response_ids)])
+                stats["examples"] += 1
+                stats["prompt_tokens"] += len(fitted.prompt_ids)
+                stats["response_tokens"] += len(fitted.response_ids)
+                stats["max_token_id"] = max(stats["max_token_id"], int(ids.max()))
+            bar.update(1)
+        if stats["examples"] == 0:
+            raise PreprocessError(f"no example written from --input {' '.join(args.input)} ({stats['records']} records, "
+                                  f"{stats['dropped']} dropped over --max-length): nothing to train on, nothing written")
+        writer.finalize()
+    except ChatError as e:
+        writer.abort()  # no half-written output under a temporary name either
+        raise PreprocessError(str(e)) from None
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    elapsed = time.time() - t0
+    tokens = stats["prompt_tokens"] + stats["response_tokens"]
+    logger.info("%s: %d records -> %d examples, %d tokens (prompt %d, response %d); %d truncated, %d dropped "
+                "(--max-length %s, --overlong %s); %.1f s, %.0f tokens/s", prefix, stats["records"], stats["examples"],
+                tokens, stats["prompt_tokens"], stats["response_tokens"], stats["truncated"], stats["dropped"],
+                args.max_length, args.overlong, elapsed, tokens / max(elapsed, 1e-9))
+    summary = {
+        "tool": "tools/preprocess_data.py", "tool_version": TOOL_VERSION, "fingerprint": digest, "format": "chat",
+        "records": stats["records"], "documents": stats["examples"], "tokens": tokens,
+        "prompt_tokens": stats["prompt_tokens"], "response_tokens": stats["response_tokens"],
+        "truncated_examples": stats["truncated"], "dropped_examples": stats["dropped"],
+        "max_length": args.max_length, "overlong": args.overlong,
+        "dtype": dtype.name, "dtype_code": CODE_OF_DTYPE[dtype], "max_token_id": stats["max_token_id"],
+        "chat_template": {"source": template.source, "sha256": template.sha256},
+        "tokenizer": {"path": os.path.abspath(args.tokenizer), "size": vocab, "end_of_turn_token_id": encoder.end_of_turn_id,
+                      "sha256": tok_hashes},
+        "options": options(args), "workers": 1,
+        "outputs": {"chat": {"prefix": prefix, "documents": stats["examples"], "tokens": tokens,
+                             "max_token_id": stats["max_token_id"], "bin_bytes": os.path.getsize(bin_path(prefix)),
+                             "idx_bytes": os.path.getsize(idx_path(prefix))}},
+        "input_files": files, "elapsed_s": round(elapsed, 3), "wall_s": round(time.time() - started, 3),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+    }
+    tmp = summary_path(args.output_prefix) + f".tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, summary_path(args.output_prefix))
+    return summary
+
+
+def _chat_records(sources, read) -> Iterator[Tuple[str, dict]]:
+    for src in sources:
+        yield from read(src.path)
+
+
 def _count(counter: collections.Counter, key: str, batch: List[Record], lengths: np.ndarray) -> None:
     counter["documents"] += len(batch)
     counter["tokens"] += int(lengths.sum())
@@ -332,6 +498,7 @@ def _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, elapsed,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from megadfm.data.chat import ChatError
     from megadfm.data.sources import InputError
     from megadfm.data.tokenizer import TokenizerError
 
@@ -339,7 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (InputError, PreprocessError, TokenizerError) as e:  # bad input: its message, not a traceback
+    except (InputError, PreprocessError, TokenizerError, ChatError) as e:  # bad input: its message, not a traceback
         print(f"preprocess_data.py: error: {e}", file=sys.stderr)
         return 2
     return 0
