@@ -51,9 +51,7 @@ def collate_samples(samples: Sequence[Dict[str, object]]) -> Dict[str, torch.Ten
     segments = [s["segment_lengths"] for s in samples]
     cu_seqlens = segments_to_cu_seqlens(segments, seq_len)
     num_tokens = torch.tensor([s["num_tokens"] for s in samples], dtype=torch.long)
-    optional = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
-                for key in ("prompt_mask", "loss_weights") if key in samples[0]}
-    return {**optional,
+    batch = {
         "input_ids": torch.from_numpy(np.stack([s["tokens"] for s in samples])).long(),
         "position_ids": position_ids_from_segments(segments),
         "cu_seqlens": cu_seqlens,
@@ -63,6 +61,10 @@ def collate_samples(samples: Sequence[Dict[str, object]]) -> Dict[str, torch.Ten
         "dataset_index": torch.tensor([s["dataset_index"] for s in samples], dtype=torch.long),
         "dataset_sample_index": torch.tensor([s["dataset_sample_index"] for s in samples], dtype=torch.long),
     }
+    for key in ("prompt_mask", "loss_weights"):  # SFT samples (megadfm/data/sft.py)
+        if key in samples[0]:
+            batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    return batch
 
 
 def resolve_cache_dir(cfg: DataConfig) -> str:
