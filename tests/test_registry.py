@@ -39,7 +39,7 @@ def test_register_get_keys_and_errors():
 
 def test_registered_values():
     assert LOSS_WEIGHTINGS.keys() == ["kl", "inverse_mask_ratio", "none"]
-    assert LOSS_NORMALIZERS.keys() == ["tokens", "masked", "all_positions"]
+    assert LOSS_NORMALIZERS.keys() == ["tokens", "masked", "all_positions", "response_length"]
     assert LOSS_PRESETS.keys() == ["coda"]
     assert SamplerConfig.__dataclass_fields__["method"].metadata["choices"].keys() == ["euler", "confidence", "threshold"]
 
