@@ -16,7 +16,7 @@ def test_import_megadfm_in_fresh_process():
 
 
 def test_tools_have_help():
-    for tool in ["tools/build_qwen_tokenizer.py", "pretrain_dfm.py"]:
+    for tool in ["tools/build_qwen_tokenizer.py", "pretrain_dfm.py", "tools/build_stdlib_instructions.py"]:
         out = subprocess.run([sys.executable, os.path.join(REPO, tool), "--help"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout
