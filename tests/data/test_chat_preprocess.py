@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from megadfm.data.chat import (QWEN3_CHAT_TEMPLATE, ChatEncoder, ChatError, ChatExample, conversation_of, fit_to_length,
@@ -161,6 +160,13 @@ def test_cli_output_is_two_sequence_documents_read_alike_by_megatron(tmp_path, p
         assert theirs[2 * j].tolist() == ex.prompt_ids and theirs[2 * j + 1].tolist() == ex.response_ids
         assert ours.document(j).tolist() == ex.prompt_ids + ex.response_ids
     assert kept[-1].prompt_ids[-3:] == [IM_START, 77091, NEWLINE] and len(kept[-1]) == 120  # cut from the left
+    stamp = os.stat(prefix + ".idx").st_mtime_ns
+    again = preprocess(preprocess_tool, qwen_tokenizer, tokenizer_dir, [path], str(tmp_path / "sft"), "--chat",
+                       "--all-turns", "--max-length", "120", "--overlong", "truncate-prompt")
+    assert again == summary and os.stat(prefix + ".idx").st_mtime_ns == stamp  # up to date: skipped
+    dropped = preprocess(preprocess_tool, qwen_tokenizer, tokenizer_dir, [path], str(tmp_path / "sft"), "--chat",
+                         "--all-turns", "--max-length", "120")  # another option: rebuilt, --overlong drop
+    assert (dropped["documents"], dropped["truncated_examples"], dropped["dropped_examples"]) == (4, 0, 2)
 
 
 @pytest.mark.parametrize("line, field", [
