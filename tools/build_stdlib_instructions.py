@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megadfm.data.stdlib_instructions import build, stdlib_root  # noqa: E402
+from megadfm.io_utils import write_text_atomic  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -46,21 +47,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> int:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return n
+    """Write ``records`` one JSON object per line under a temporary name, then rename; returns the count."""
+    lines = [json.dumps(record, ensure_ascii=False) + "\n" for record in records]
+    write_text_atomic(path, "".join(lines))
+    return len(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

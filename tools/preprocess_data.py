@@ -261,6 +261,25 @@ def remove_leftovers(prefixes: Sequence[str]) -> None:
 
 # -- the job -------------------------------------------------------------------------------------
 
+def reuse_or_reset_summary(args: argparse.Namespace, digest: str) -> Optional[Dict[str, object]]:
+    """The previous run's summary when its outputs match ``digest`` (and no --force); else None, with any
+    old summary removed first: outputs without a summary are never taken as up to date."""
+    if not args.force and up_to_date(args, digest):
+        logger.info("up to date: %s matches the inputs, options and tokenizer (use --force to rebuild)",
+                    summary_path(args.output_prefix))
+        with open(summary_path(args.output_prefix), encoding="utf-8") as f:
+            return json.load(f)
+    if os.path.exists(summary_path(args.output_prefix)):
+        os.remove(summary_path(args.output_prefix))
+    return None
+
+
+def _load_tokenizer(path: str):
+    from megadfm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     """Preprocess as ``args`` says; returns the summary. ``tokenizer`` skips reloading one already loaded."""
     global _ENCODER
@@ -276,18 +295,10 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     check_tokenizer_folder(args.tokenizer)  # hashed below before it is loaded: a missing folder is a TokenizerError
     tok_hashes = tokenizer_hashes(args.tokenizer)
     digest = fingerprint(args, files, tok_hashes)
-    if not args.force and up_to_date(args, digest):
-        logger.info("up to date: %s matches the inputs, options and tokenizer (use --force to rebuild)",
-                    summary_path(args.output_prefix))
-        with open(summary_path(args.output_prefix), encoding="utf-8") as f:
-            return json.load(f)
-    if os.path.exists(summary_path(args.output_prefix)):
-        os.remove(summary_path(args.output_prefix))  # outputs without a summary are never taken as up to date
-
-    if tokenizer is None:
-        from megadfm.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
+    previous = reuse_or_reset_summary(args, digest)
+    if previous is not None:
+        return previous
+    tokenizer = tokenizer or _load_tokenizer(args.tokenizer)
     vocab = len(tokenizer)
     dtype = dtype_for_vocab(vocab)
     eod = tokenizer.convert_tokens_to_ids(args.eod_token) if args.append_eod else None
@@ -361,17 +372,10 @@ def run_chat(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
     tok_hashes = tokenizer_hashes(args.tokenizer)
     digest = fingerprint(args, files, tok_hashes)
     prefix = output_prefix(args.output_prefix, "chat")
-    if not args.force and up_to_date(args, digest):
-        logger.info("up to date: %s matches the inputs, options and tokenizer (use --force to rebuild)",
-                    summary_path(args.output_prefix))
-        with open(summary_path(args.output_prefix), encoding="utf-8") as f:
-            return json.load(f)
-    if os.path.exists(summary_path(args.output_prefix)):
-        os.remove(summary_path(args.output_prefix))  # outputs without a summary are never taken as up to date
-    if tokenizer is None:
-        from megadfm.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
+    previous = reuse_or_reset_summary(args, digest)
+    if previous is not None:
+        return previous
+    tokenizer = tokenizer or _load_tokenizer(args.tokenizer)
     template = resolve_chat_template(args.tokenizer, tokenizer, args.chat_template)
     encoder = ChatEncoder(tokenizer, template, args.all_turns, args.turn_newline, args.end_of_turn)
     vocab = len(tokenizer)
