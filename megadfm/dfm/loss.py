@@ -62,7 +62,8 @@ class DFMLossOutput:
     t: torch.Tensor  # [B]
     mask_ratio: torch.Tensor  # [B] r = 1 - kappa(t)
     weight: torch.Tensor  # [B] w(t) as applied
-    normalizer: torch.Tensor  # float: what the weighted total was divided by (scalar, or [B] per row: response_length)
+    normalizer: torch.Tensor  # scalar float: sum(per_seq_weighted_sum) / normalizer is the loss (a per-row divisor such as
+    # response_length's is folded into per_seq_weighted_sum, leaving B here)
     x_t: torch.Tensor  # [B, L] the corrupted input fed to the model (debugging)
     masked: torch.Tensor  # [B, L] bool: scored positions (debugging)
     truncated_rows: torch.Tensor  # [B] bool: rows shortened by the CoDA truncation strategy
@@ -165,6 +166,12 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
     position_weighted = unweighted if position_weights is None else torch.zeros_like(unweighted).index_add(
         0, row, ce * position_weights[path.scored].float())
     weighted = weight * position_weighted
+    if normalizer.dim() == 1:
+        # A per-row divisor (response_length) is folded into each row's weighted sum, leaving the scalar B:
+        # telemetry pools sum(weighted) / sum(normalizer) over rows, micro-batches and ranks, which then
+        # equals the loss the optimiser sees (with [B] divisors it would be a different, pooled ratio).
+        weighted = weighted * (bsz / normalizer)
+        normalizer = torch.tensor(float(bsz), dtype=torch.float32, device=x1.device)
     count = path.scored.sum(dim=1)
     # hidden.sum() * 0 keeps every parameter in the graph when nothing is scored (a DDP/ZeRO
     # backward must still visit them); it adds exactly zero otherwise.

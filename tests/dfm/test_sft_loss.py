@@ -150,7 +150,13 @@ def test_response_length_normaliser_equals_hand_computation(model, sft_prefix, t
         expected += float(kappa_prime[b] / r[b]) * float(ce[b].sum().detach()) / response / 4
     assert len(set(lengths)) > 1  # rows of different response lengths: a per-row divisor is visible
     torch.testing.assert_close(out.loss.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-7)
-    assert out.normalizer.tolist() == [4.0 * n for n in lengths]
+    # telemetry's pooled ratio is the loss: the per-row divisors are folded into the weighted sums, B is left
+    assert float(out.normalizer) == 4.0
+    torch.testing.assert_close(out.per_seq_weighted_sum.double() / 4, torch.tensor(
+        [float(kappa_prime[b] / r[b]) * float(ce[b].sum().detach()) / lengths[b] / 4 for b in range(4)],
+        dtype=torch.float64), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.per_seq_weighted_sum.sum().double() / float(out.normalizer), out.loss.double().detach(),
+                               rtol=1e-5, atol=1e-7)
     tokens = run(model, batch, t, DFMConfig(scheduler="polynomial", scheduler_exponent=2.0), 3)
     assert not torch.allclose(tokens.loss, out.loss)
 
