@@ -14,5 +14,8 @@ PAD_TOKEN_ID = ENDOFTEXT_TOKEN_ID
 """Fills the tail of a sample. Padding is never attended to and never scored, so reusing
 ``<|endoftext|>`` (as Qwen3's own tokenizer config does) is safe."""
 
+IM_END_TOKEN_ID = 151645
+"""``<|im_end|>``: Qwen3's chat end-of-turn token, the last token of every SFT response."""
+
 MASK_TOKEN_ID = 151669
 """``<|mask|>``: the first id after the Qwen3 tokenizer's 151,669 entries."""

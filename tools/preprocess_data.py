@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import megadfm  # noqa: E402
 from megadfm.data.indexed import CODE_OF_DTYPE, IndexedDatasetWriter, bin_path, dtype_for_vocab, idx_path  # noqa: E402
 from megadfm.data.sources import Record, count_records, discover, input_files, iter_records  # noqa: E402
+from megadfm.io_utils import write_text_atomic  # noqa: E402
 from megadfm.data.chat import END_OF_TURN, OVERLONG_POLICIES, QWEN3_CHAT_TEMPLATE  # noqa: E402
 
 logger = logging.getLogger("preprocess_data")
@@ -348,10 +349,7 @@ def run(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
         if pool is not None:
             pool.terminate()
     summary = _summary(args, files, tok_hashes, digest, dtype, vocab, eod, stats, time.time() - t0, time.time() - started)
-    tmp = summary_path(args.output_prefix) + f".tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, summary_path(args.output_prefix))
+    write_text_atomic(summary_path(args.output_prefix), json.dumps(summary, indent=1))
     return summary
 
 
@@ -445,10 +443,7 @@ def run_chat(args: argparse.Namespace, tokenizer=None) -> Dict[str, object]:
         "input_files": files, "elapsed_s": round(elapsed, 3), "wall_s": round(time.time() - started, 3),
         "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
     }
-    tmp = summary_path(args.output_prefix) + f".tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, summary_path(args.output_prefix))
+    write_text_atomic(summary_path(args.output_prefix), json.dumps(summary, indent=1))
     return summary
 
 

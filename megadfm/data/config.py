@@ -6,10 +6,7 @@ from dataclasses import dataclass
 from typing import List, Literal, Optional
 
 from megadfm.config_base import doc, require
-from megadfm.tokens import ENDOFTEXT_TOKEN_ID, PAD_TOKEN_ID
-
-IM_END_TOKEN_ID = 151645
-"""``<|im_end|>``: Qwen3's chat end-of-turn token, the last token of every SFT response."""
+from megadfm.tokens import ENDOFTEXT_TOKEN_ID, IM_END_TOKEN_ID, PAD_TOKEN_ID
 
 
 @dataclass

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from megadfm.config_base import ConfigError
-from megadfm.data.config import IM_END_TOKEN_ID, BlendSource, DataConfig, SFTConfig
+from megadfm.data.config import BlendSource, DataConfig, SFTConfig
 from megadfm.data.indexed import IndexedDataset, IndexedDatasetWriter
 from megadfm.data.loader import batches, build_blended_dataset, make_train_iterator
 from megadfm.data.packing import DataError, PackedDataset
-from megadfm.tokens import PAD_TOKEN_ID
+from megadfm.tokens import IM_END_TOKEN_ID, PAD_TOKEN_ID
 
 SEQ_LEN = 96
 QUESTIONS = ["What does os.path.join do?", "Explain list comprehensions in one sentence.", "What is a dict?",
