@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install tokenizer demo eval-demo test bench clean help
+.PHONY: install tokenizer demo eval-demo sft-demo test bench clean help
 
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench  - run the CPU benchmarks in bench/ (ratios against baselines; results in bench/results/LATEST.json;"
 	@echo "              BENCH_CONVERT=1 make bench adds the conversion bench, which needs ~13 GB of disk)"
 	@echo "make eval-demo - evaluate the demo model (HumanEval, infill, likelihood) next to an AR baseline"
+	@echo "make sft-demo  - fine-tune the demo model on the stdlib instruction set (chat format), evaluate held-out instructions"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,10 @@ demo: tokenizer
 
 eval-demo: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/eval_demo.sh
+
+# runs `make demo` first (a finished demo run is not retrained): SFT starts from its last checkpoint
+sft-demo: demo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/sft_demo.sh
 
 # Two pytest workers (one per CI core): most tests are single-threaded, so one process leaves a core idle.
 # --dist loadfile keeps each file, and its module-scoped training runs, in one worker. TEST_WORKERS=0 runs serially.

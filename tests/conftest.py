@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import sysconfig
+from types import ModuleType
+from typing import List
 
 import pytest
 
@@ -40,6 +43,26 @@ def qwen_tokenizer(tokenizer_dir):
     from megadfm.data.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
+
+
+PREPROCESS_TOOL = os.path.join(REPO, "tools", "preprocess_data.py")
+
+
+@pytest.fixture(scope="session")
+def preprocess_tool() -> ModuleType:
+    """tools/preprocess_data.py imported as a module, so tests can call run() with a loaded tokenizer."""
+    spec = importlib.util.spec_from_file_location("preprocess_data_tool", PREPROCESS_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # worker processes find encode_chunk by module name, as with a script's __main__
+    spec.loader.exec_module(module)
+    return module
+
+
+def preprocess(tool: ModuleType, tokenizer, tokenizer_dir: str, inputs: List[str], prefix: str, *extra: str):
+    """Run the tool in-process (the session's tokenizer is reused: loading it costs seconds)."""
+    args = tool.parse_args(["--input", *inputs, "--tokenizer", tokenizer_dir, "--output-prefix", prefix,
+                            "--no-progress", *extra])
+    return tool.run(args, tokenizer=tokenizer)
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Build the real Qwen3 tokenizer offline (byte-identical tokenizer.json) plus <|mask|> = 151669.
 
+tokenizer_config.json carries Qwen3's chat template (system/user/assistant text messages; see
+megadfm/data/chat.py). A folder whose tokenizer.json is current but whose tokenizer_config.json
+differs from this version's only has that file rewritten.
+
 The source is ``qwen.tiktoken`` from the ``dashscope==2.0.2`` wheel on PyPI (Apache-2.0). It is
 fetched with ``pip download --no-deps`` into --cache-dir unless --tiktoken points at a local copy.
 Its sha256 is verified, and so is the sha256 of the built tokenizer.json against the official one.
@@ -19,10 +23,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megadfm.data.chat import QWEN3_CHAT_TEMPLATE  # noqa: E402
 from megadfm.data.qwen_tokenizer_build import (  # noqa: E402
     ADDED_TOKENS, QWEN3_TOKENIZER_JSON_SHA256, TokenizerBuildError, build_tokenizer_json, fetch_tiktoken)
 from megadfm.data.tokenizer import MASK_TOKEN  # noqa: E402
-from megadfm.io_utils import sha256_file  # noqa: E402
+from megadfm.io_utils import sha256_file, write_text_atomic  # noqa: E402
 from megadfm.model.config import MASK_TOKEN_ID  # noqa: E402
 
 MANIFEST = "megadfm_tokenizer.json"
@@ -41,6 +46,9 @@ def tokenizer_config() -> dict:
         "add_prefix_space": False,
         "added_tokens_decoder": decoder,
         "bos_token": None,
+        # the chat format of Qwen3's own tokenizer_config.json for system/user/assistant text messages
+        # (megadfm/data/chat.py): preprocess_data.py --chat, generate.py --chat and HF exports all read it here
+        "chat_template": QWEN3_CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
@@ -53,18 +61,35 @@ def tokenizer_config() -> dict:
     }
 
 
-def is_up_to_date(out: str) -> bool:
+def tokenizer_json_is_up_to_date(out: str) -> bool:
     manifest = os.path.join(out, MANIFEST)
     tok = os.path.join(out, "tokenizer.json")
-    if not (os.path.isfile(manifest) and os.path.isfile(tok) and os.path.isfile(os.path.join(out, "tokenizer_config.json"))):
+    if not (os.path.isfile(manifest) and os.path.isfile(tok)):
         return False
     with open(manifest) as f:
         recorded = json.load(f)
     return recorded.get("tokenizer_json_sha256") == QWEN3_TOKENIZER_JSON_SHA256 == sha256_file(tok)
 
 
+def tokenizer_config_text() -> str:
+    return json.dumps(tokenizer_config(), indent=2, ensure_ascii=False)
+
+
+def tokenizer_config_is_up_to_date(out: str) -> bool:
+    path = os.path.join(out, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        return f.read() == tokenizer_config_text()
+
+
 def build(out: str, tiktoken: str | None, cache_dir: str, force: bool) -> int:
-    if not force and is_up_to_date(out):
+    if not force and tokenizer_json_is_up_to_date(out):
+        if not tokenizer_config_is_up_to_date(out):  # e.g. a folder built before the chat template was written
+            write_text_atomic(os.path.join(out, "tokenizer_config.json"), tokenizer_config_text())
+            print(f"[build_qwen_tokenizer] {out}: tokenizer.json is up to date; rewrote tokenizer_config.json "
+                  "(it differed from this version's: special tokens, chat template)")
+            return 0
         print(f"[build_qwen_tokenizer] {out} is up to date (tokenizer.json sha256 {QWEN3_TOKENIZER_JSON_SHA256[:12]}...)")
         return 0
     start = time.time()
@@ -77,8 +102,8 @@ def build(out: str, tiktoken: str | None, cache_dir: str, force: bool) -> int:
         if digest != QWEN3_TOKENIZER_JSON_SHA256:
             raise TokenizerBuildError(f"built tokenizer.json has sha256 {digest}, expected the official "
                                       f"{QWEN3_TOKENIZER_JSON_SHA256} (tokenizers version differs?)")
-        with open(os.path.join(staging, "tokenizer_config.json"), "w") as f:
-            json.dump(tokenizer_config(), f, indent=2, ensure_ascii=False)
+        with open(os.path.join(staging, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            f.write(tokenizer_config_text())
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump({"source": "dashscope==2.0.2 qwen.tiktoken", "tiktoken_sha256": sha256_file(tiktoken),
                        "tokenizer_json_sha256": digest, "mask_token": MASK_TOKEN, "mask_token_id": MASK_TOKEN_ID}, f, indent=2)

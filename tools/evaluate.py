@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Evaluate megadfm models (and autoregressive baselines, side by side) on HumanEval, code infilling
-and a likelihood bound, with every setting that changes a score recorded.
+"""Evaluate megadfm models (and autoregressive baselines, side by side) on HumanEval, code infilling,
+a likelihood bound and held-out instructions (chat mode), with every setting that changes a score recorded.
 
     python tools/evaluate.py --model runs/tiny_cpu --tasks humaneval infill likelihood --out runs/tiny_cpu/eval
     python tools/evaluate.py --model runs/x --ar-baseline path/to/qwen3_hf --sampler confidence-32 --limit 20
+    python tools/evaluate.py --model runs/sft_tiny_cpu --tasks instructions --limit 32 --sampler confidence-32
     python tools/evaluate.py --write-infill-tasks artifacts/eval/infill_tasks.json
 
 --model takes any megadfm source (a run dir, its checkpoints/ or a step dir of any ZeRO stage, a model
@@ -53,6 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--infill-tasks", default=None, help="Infill task file (default: built from the held-out stdlib files).")
     p.add_argument("--infill-count", type=int, default=200, help="Infill tasks to build when no task file is given.")
     p.add_argument("--write-infill-tasks", default=None, metavar="PATH", help="Build the infill task file, write it and exit.")
+    p.add_argument("--chat", action="store_true",
+                   help="HumanEval in chat mode: each prompt is the user message of the tokenizer's chat template (the "
+                        "one SFT data is rendered with), replies stop at <|im_end|>. The instructions task always uses it.")
+    p.add_argument("--chat-template", default=None, metavar="FILE", help="Chat template file instead of the tokenizer folder's.")
+    p.add_argument("--instructions", default=None, metavar="JSONL",
+                   help="instructions task: prompt/response pairs (default: the held-out split of the stdlib instruction "
+                        "set, tools/build_stdlib_instructions.py, built in memory).")
+    p.add_argument("--instructions-max-new-tokens", type=int, default=256, help="instructions task: tokens per reply.")
     p.add_argument("--data", default=None, help="Indexed dataset prefix for likelihood (default: the DFM run's first data source).")
     p.add_argument("--documents", type=int, default=32, help="Held-out documents for likelihood.")
     p.add_argument("--points", type=int, default=16, help="Quadrature points over t of the ELBO bound.")
@@ -95,7 +104,10 @@ def main(argv=None) -> int:
                             infill_tasks=args.infill_tasks, infill_count=args.infill_count, data_prefix=data,
                             data_split=tuple(run_data.get("split", (0.98, 0.01, 0.01))) if not args.data else (0.98, 0.01, 0.01),
                             likelihood_documents=args.documents, likelihood_points=args.points,
-                            progress=not args.no_progress)
+                            instructions_file=args.instructions, instructions_max_new_tokens=args.instructions_max_new_tokens,
+                            chat=args.chat, progress=not args.no_progress)
+    for model in models:
+        model.chat_template = args.chat_template
     docs = []
     for model in models:
         log.info("evaluating %s (%s, weights %s...) with sampler %s", model.label, model.identity["path"],

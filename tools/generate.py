@@ -4,6 +4,7 @@
     python tools/generate.py --model-dir runs/x/export --prompt "def fibonacci(n):" --max-new-tokens 64
     python tools/generate.py --model-dir DIR --prompt "def f(x):\\n" --suffix "\\n    return y\\n" --max-new-tokens 16
     python tools/generate.py --model-dir DIR --prompt "a" --prompt "bb" --method confidence --block-length 32 --json
+    python tools/generate.py --model-dir runs/sft_tiny_cpu --chat "Write the body of ..." --method confidence
     python tools/generate.py --model-dir DIR --batch-file prompts.jsonl --method threshold --threshold 0.9 \\
         --block-length 32 --output completions.jsonl
 
@@ -49,6 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", default=None, help="Local HF tokenizer folder (default: the source's: data.tokenizer of its config.yaml, the export's own, the init folder's tokenizer/).")
     p.add_argument("--prompt", action="append", default=None,
                    help="Prompt text; repeat for a batch (prompts may differ in length). Backslash escapes (\\n) are decoded.")
+    p.add_argument("--chat", action="append", default=None, metavar="MESSAGE",
+                   help="A user message, wrapped in the tokenizer folder's chat template exactly as preprocess_data.py "
+                        "--chat wraps a training prompt; repeat for a batch. Sampling stops at <|im_end|>, and the reply "
+                        "is printed without it and without the template's empty think block. Backslash escapes are decoded.")
+    p.add_argument("--system", default=None, help="--chat: a system message before every user message.")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="--chat: a Jinja chat template file instead of the tokenizer folder's own.")
     p.add_argument("--batch-file", default=None,
                    help="JSONL of requests ({\"prompt\", optional \"suffix\", \"max_new_tokens\"}; text taken as is) instead of --prompt.")
     p.add_argument("--batch-size", type=int, default=16, help="--batch-file: rows per generate call.")
@@ -76,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (0 = greedy).")
     p.add_argument("--top-k", type=int, default=0, help="Top-k filter (0 = off).")
     p.add_argument("--top-p", type=float, default=1.0, help="Nucleus filter (1 = off).")
-    p.add_argument("--eos-token-id", type=int, default=ENDOFTEXT_TOKEN_ID, help="Stop before this token (<|endoftext|> by default).")
+    p.add_argument("--eos-token-id", type=int, default=None,
+                   help=f"Stop before this token (default: <|endoftext|> = {ENDOFTEXT_TOKEN_ID}; with --chat the template's "
+                        "end-of-turn token, <|im_end|>).")
     p.add_argument("--no-stop-at-eos", action="store_true", help="Return all max-new-tokens tokens, EOS included.")
     p.add_argument("--seed", type=int, default=0, help="Sampler seed.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
@@ -120,11 +130,13 @@ def read_batch_file(path: str, default_new_tokens: int) -> List[Dict[str, Any]]:
     return requests
 
 
-def sampler_config(args: argparse.Namespace) -> SamplerConfig:
+def sampler_config(args: argparse.Namespace, eos: int = ENDOFTEXT_TOKEN_ID) -> SamplerConfig:
+    """The sampler the flags describe; ``eos`` is the stop token unless --eos-token-id names one."""
+    eos = args.eos_token_id if args.eos_token_id is not None else eos
     return SamplerConfig(method=args.method, steps=args.steps, time_grid=args.time_grid, confidence=args.confidence,
                          block_length=args.block_length, threshold=args.threshold, threshold_mode=args.threshold_mode,
                          threshold_factor=args.threshold_factor, cache=args.cache, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_token_id=None if args.no_stop_at_eos else args.eos_token_id, seed=args.seed)
+                         top_p=args.top_p, eos_token_id=None if args.no_stop_at_eos else eos, seed=args.seed)
 
 
 def speed_line(s: Dict[str, Any], label: str) -> str:
@@ -165,12 +177,42 @@ def run_batch_file(args: argparse.Namespace, model, dfm, pad_token_id, tokenizer
     return 0
 
 
+def run_chat(args: argparse.Namespace, loaded, device) -> int:
+    """--chat: the evaluation's chat path (megadfm.eval.models.EvalModel.chat_prompt_ids), one batch."""
+    from megadfm.data.chat import reply_text
+
+    loaded.chat_template = args.chat_template
+    encoder = loaded.chat_encoder()
+    cfg = sampler_config(args, eos=encoder.end_of_turn_id)
+    messages = [_unescape(m) for m in args.chat]
+    prompt_ids = [loaded.chat_prompt_ids(m, args.system) for m in messages]
+    result = generate(loaded.model, prompt_ids, args.max_new_tokens, cfg, loaded.dfm, pad_token_id=loaded.pad_token_id)
+    replies = [reply_text(loaded.tokenizer.decode(tokens, skip_special_tokens=False), encoder.end_of_turn)
+               for tokens in result.tokens]
+    if args.json:
+        rows = [{"chat": m, "system": args.system, "reply": r, "tokens": result.tokens[i],
+                 "new_tokens": len(result.tokens[i]), "finished": result.finished[i]}
+                for i, (m, r) in enumerate(zip(messages, replies))]
+        print(json.dumps({"results": rows, **result.summary(), "sampler": asdict(cfg), "device": str(device),
+                          "chat_template": {"source": encoder.template.source, "sha256": encoder.template.sha256}}))
+        return 0
+    for i, (m, r) in enumerate(zip(messages, replies)):
+        status = "" if result.finished[i] else f" (no {encoder.end_of_turn} within {args.max_new_tokens} tokens)"
+        print(f"=== [{i}] user ===\n{m}\n=== [{i}] assistant{status} ===\n{r}")
+    print(speed_line(result.summary(), f"chat, {args.method}, {device}"))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if (args.prompt is None) == (args.batch_file is None):
-        raise SystemExit("give --prompt (repeatable) or --batch-file, not both and not neither")
-    if args.batch_file is not None and args.suffix is not None:
+    given = [flag for flag, value in (("--prompt", args.prompt), ("--chat", args.chat), ("--batch-file", args.batch_file))
+             if value is not None]
+    if len(given) != 1:
+        raise SystemExit(f"give one of --prompt (repeatable), --chat (repeatable) or --batch-file; got {given or 'none'}")
+    if args.suffix is not None and args.prompt is None:
         raise SystemExit("--suffix goes with --prompt; in a --batch-file give each row a \"suffix\" field")
+    if (args.system is not None or args.chat_template is not None) and args.chat is None:
+        raise SystemExit("--system and --chat-template go with --chat")
     device = torch.device(args.device)
     cfg = sampler_config(args)
     # one loader for every source kind (the evaluation's): model, tokenizer (with <|mask|>), DFM conventions, pad id
@@ -178,6 +220,8 @@ def main(argv=None) -> int:
     model, tokenizer, dfm, pad_token_id = loaded.model, loaded.tokenizer, loaded.dfm, loaded.pad_token_id
     if args.batch_file is not None:
         return run_batch_file(args, model, dfm, pad_token_id, tokenizer, cfg, device)
+    if args.chat is not None:
+        return run_chat(args, loaded, device)
     prompts = [_unescape(p) for p in args.prompt]
     suffixes = None
     if args.suffix is not None:

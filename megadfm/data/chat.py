@@ -38,11 +38,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "reasoning_content")
 END_OF_TURN = "<|im_end|>"
+EMPTY_THINK = "<think>\n\n</think>\n\n"  # what the template writes before a final answer without reasoning
 OVERLONG_POLICIES = ("truncate-prompt", "drop")
 
-# Qwen3's chat format for system / user / assistant text messages (no tools), written for megadfm:
-# the offline-built tokenizer folder (tools/build_qwen_tokenizer.py) has no chat template, and this
-# renders what Qwen3's own template renders for these messages: a final assistant turn after the
+# Qwen3's chat format for system / user / assistant text messages (no tools), written for megadfm
+# and stored in the offline-built tokenizer folder's tokenizer_config.json (tools/build_qwen_tokenizer.py):
+# it renders what Qwen3's own template renders for these messages: a final assistant turn after the
 # last user query gets a think block (empty without reasoning), earlier turns keep only their
 # content (their reasoning is dropped), and enable_thinking=false puts the empty think block in the
 # generation prompt. Roles other than the three are refused.
@@ -114,10 +115,9 @@ class ChatExample:
 
 def resolve_chat_template(tokenizer_dir: str, tokenizer, template_path: Optional[str] = None) -> ChatTemplate:
     """The template to apply: ``template_path`` if given, else the tokenizer folder's own
-    (chat_template.jinja or tokenizer_config.json, as transformers loads it), else megadfm's Qwen3
-    template when the folder is megadfm's offline Qwen3 build (its megadfm_tokenizer.json records the
-    official tokenizer.json hash). Any other folder without a template is a ChatError: applying a
-    Qwen3 format to another tokenizer would write wrong examples."""
+    (chat_template.jinja or tokenizer_config.json, as transformers loads it; megadfm's offline Qwen3
+    build writes QWEN3_CHAT_TEMPLATE there). A folder without one is a ChatError: guessing a format
+    for another tokenizer would write wrong examples."""
     if template_path is not None:
         with open(template_path, encoding="utf-8") as f:
             return ChatTemplate(f.read(), f"file {os.path.abspath(template_path)}")
@@ -127,22 +127,10 @@ def resolve_chat_template(tokenizer_dir: str, tokenizer, template_path: Optional
     if isinstance(own, dict):  # several named templates: which one is meant is the user's choice
         raise ChatError(f"{tokenizer_dir}: the tokenizer has several chat templates ({sorted(own)}); pass "
                         "--chat-template FILE with the one to apply")
-    if _is_megadfm_qwen3_build(tokenizer_dir):
-        return ChatTemplate(QWEN3_CHAT_TEMPLATE, "megadfm Qwen3 template (megadfm.data.chat; the offline-built "
-                                                 "Qwen3 tokenizer folder has none)")
     raise ChatError(f"{tokenizer_dir}: the tokenizer folder has no chat template (no chat_template.jinja, no "
-                    "chat_template in tokenizer_config.json) and is not megadfm's Qwen3 build; pass --chat-template FILE")
-
-
-def _is_megadfm_qwen3_build(tokenizer_dir: str) -> bool:
-    from megadfm.data.qwen_tokenizer_build import QWEN3_TOKENIZER_JSON_SHA256
-
-    path = os.path.join(tokenizer_dir, "megadfm_tokenizer.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        recorded = json.load(f).get("tokenizer_json_sha256")
-    return recorded == QWEN3_TOKENIZER_JSON_SHA256
+                    "chat_template in tokenizer_config.json); pass --chat-template FILE (a megadfm Qwen3 folder built "
+                    "before templates were written gets one from: python tools/build_qwen_tokenizer.py --out "
+                    f"{tokenizer_dir})")
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -239,10 +227,19 @@ class ChatEncoder:
         # what apply_chat_template(tokenize=True) does with the rendered text: no BOS/EOS added
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def generation_prompt(self, messages: Sequence[Dict[str, str]]) -> str:
+        """The text a model continues to answer ``messages``: an example's prompt (training) and a chat
+        request (tools/generate.py --chat, the evaluation's chat mode) are both this rendering, so
+        training and sampling cannot disagree on the template."""
+        return self.render(messages, add_generation_prompt=True)
+
+    def generation_prompt_ids(self, messages: Sequence[Dict[str, str]]) -> List[int]:
+        return self.encode_ids(self.generation_prompt(messages))
+
     def example(self, messages: Sequence[Dict[str, str]], location: str, turn: Optional[int] = None) -> ChatExample:
         """The example whose response is the last message (an assistant turn) of ``messages``."""
         turn = len(messages) - 1 if turn is None else turn
-        prompt_text = self.render(messages[:-1], add_generation_prompt=True)
+        prompt_text = self.generation_prompt(messages[:-1])
         full_text = self.render(messages, add_generation_prompt=False)
         if not full_text.startswith(prompt_text):
             raise ChatError(f"{location}: field 'messages[{turn}]': the template renders the conversation up to this "
@@ -273,6 +270,14 @@ class ChatEncoder:
                             "and this one has no prompt before it")
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         return [self.example(messages[:i + 1], location, i) for i in turns]
+
+
+def reply_text(decoded: str, end_of_turn: str = END_OF_TURN) -> str:
+    """The answer in a decoded chat response: cut at the first end-of-turn (a sampler that already
+    stopped there leaves none) and without the empty think block Qwen3's template puts before a final
+    answer given without reasoning (a non-empty think block is kept: it is part of what the model said)."""
+    text = decoded.split(end_of_turn, 1)[0]
+    return text[len(EMPTY_THINK):] if text.startswith(EMPTY_THINK) else text
 
 
 def fit_to_length(example: ChatExample, max_length: Optional[int], policy: str) -> Tuple[Optional[ChatExample], str]:

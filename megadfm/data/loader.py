@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 def collate_samples(samples: Sequence[Dict[str, object]]) -> Dict[str, torch.Tensor]:
     """Packed (or SFT) samples -> the batch contract of megadfm/data/batch.py; SFT samples add
-    ``prompt_mask`` [B, L] bool and, with an EOS loss weight, ``loss_weights`` [B, L] float32."""
+    ``prompt_mask`` [B, L] bool, ``response_lengths`` [examples in the batch] int64 and, with an EOS
+    loss weight, ``loss_weights`` [B, L] float32."""
     seq_len = len(samples[0]["tokens"])
     segments = [s["segment_lengths"] for s in samples]
     cu_seqlens = segments_to_cu_seqlens(segments, seq_len)
@@ -64,6 +65,8 @@ def collate_samples(samples: Sequence[Dict[str, object]]) -> Dict[str, torch.Ten
     for key in ("prompt_mask", "loss_weights"):  # SFT samples (megadfm/data/sft.py)
         if key in samples[0]:
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    if "response_lengths" in samples[0]:  # every example of the micro-batch, row by row (telemetry)
+        batch["response_lengths"] = torch.tensor([n for s in samples for n in s["response_lengths"]], dtype=torch.long)
     return batch
 
 

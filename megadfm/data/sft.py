@@ -33,7 +33,8 @@ index_cache.py like the pre-training ones; the position of a run is the blend's 
 as for pre-training (loader.py).
 
 A sample adds to the pre-training sample dict (packing.py) ``prompt_mask`` (bool [seq_len], True
-exactly on prompt tokens) and, when ``sft.eos_loss_weight != 1``, ``loss_weights`` (float32
+exactly on prompt tokens), ``response_lengths`` (each example's stored response length, in row
+order; the EOS tail is not counted: telemetry's response-length distribution) and, when ``sft.eos_loss_weight != 1``, ``loss_weights`` (float32
 [seq_len]: that weight on non-prompt positions holding ``eos_token_id``, 1 elsewhere), the
 per-token weight hook of megadfm/dfm/loss.py.
 """
@@ -167,9 +168,11 @@ class SFTDataset:
         prompt_mask = np.zeros(self.seq_len, dtype=bool)
         segments: List[int] = []
         documents: List[int] = []
+        responses: List[int] = []
         filled = 0
         for p in positions.tolist():
             n = int(self.rows.prompt_lengths[p] + self.rows.response_lengths[p])
+            responses.append(int(self.rows.response_lengths[p]))
             tokens[filled:filled + n] = self.indexed.document(first + p)
             prompt_mask[filled:filled + int(self.rows.prompt_lengths[p])] = True
             segments.append(n)
@@ -184,7 +187,8 @@ class SFTDataset:
         elif tail:
             segments.append(tail)
         sample: Dict[str, object] = {"tokens": tokens, "num_tokens": filled, "segment_lengths": segments,
-                                     "documents": documents, "offsets": [0] * len(documents), "prompt_mask": prompt_mask}
+                                     "documents": documents, "offsets": [0] * len(documents), "prompt_mask": prompt_mask,
+                                     "response_lengths": responses}
         if self.sft.eos_loss_weight != 1.0:
             weights = np.ones(self.seq_len, dtype=np.float32)
             eos_targets = (tokens == self.sft.eos_token_id) & ~prompt_mask & (np.arange(self.seq_len) < filled)

@@ -77,6 +77,8 @@ class EvalModel:
     batch_size: int = 8
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     stats: GenerationStats = field(default_factory=GenerationStats)
+    chat_template: Optional[str] = None  # chat mode: a Jinja template file; None: the tokenizer folder's own
+    _chat: Any = field(default=None, repr=False)
 
     def encode(self, text: str) -> List[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -89,7 +91,47 @@ class EvalModel:
         out: List[str] = []
         for i in range(0, len(prompts), self.batch_size):
             out += [self.decode(t) for t in self._generate([self.encode(p) for p in prompts[i:i + self.batch_size]],
-                                                           [max_new_tokens] * len(prompts[i:i + self.batch_size]), None)]
+                                                           [max_new_tokens] * len(prompts[i:i + self.batch_size]), None,
+                                                           self.sampler)]
+        return out
+
+    def chat_encoder(self):
+        """The chat template of this model's tokenizer folder (or ``chat_template``), loaded once."""
+        if self._chat is None:
+            from megadfm.data.chat import ChatEncoder, resolve_chat_template
+
+            template = resolve_chat_template(self.identity["tokenizer"], self.tokenizer, self.chat_template)
+            self._chat = ChatEncoder(self.tokenizer, template)
+            logger.info("chat mode: %s (sha256 %s...), replies end at %s", template.source, template.sha256[:12],
+                        self._chat.end_of_turn)
+        return self._chat
+
+    def chat_prompt_ids(self, message: str, system: Optional[str] = None) -> List[int]:
+        """The ids a chat request is answered from: the generation prompt of [system?, user: message],
+        rendered exactly as preprocess_data.py --chat renders a training example's prompt."""
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+            [{"role": "user", "content": message}]
+        return self.chat_encoder().generation_prompt_ids(messages)
+
+    def chat_complete(self, messages: Sequence[str], max_new_tokens: int,
+                      system: Optional[str] = None) -> List[Tuple[str, bool]]:
+        """``(reply, finished)`` per user message, through the chat template: each row stops at the
+        end-of-turn token (``finished``: it did, within ``max_new_tokens``), and the reply is returned
+        without it and without the template's empty think block."""
+        from dataclasses import replace
+
+        from megadfm.data.chat import reply_text
+
+        encoder = self.chat_encoder()
+        sampler = replace(self.sampler, eos_token_id=encoder.end_of_turn_id)
+        out: List[str] = []
+        for i in range(0, len(messages), self.batch_size):
+            chunk = messages[i:i + self.batch_size]
+            rows = self._generate([self.chat_prompt_ids(m, system) for m in chunk], [max_new_tokens] * len(chunk), None,
+                                  sampler)
+            # a row that ends at EOS returns fewer tokens than its budget (EOS itself is not returned)
+            out += [(reply_text(self.tokenizer.decode(list(t), skip_special_tokens=False), encoder.end_of_turn),
+                     len(t) < max_new_tokens) for t in rows]
         return out
 
     def fill(self, items: Sequence[Tuple[str, str, int]]) -> List[str]:
@@ -100,12 +142,13 @@ class EvalModel:
             chunk = items[i:i + self.batch_size]
             suffixes = [self.encode(s) for _, s, _ in chunk] if self.infill_mode == "suffix" else None
             out += [self.decode(t) for t in self._generate([self.encode(p) for p, _, _ in chunk], [n for _, _, n in chunk],
-                                                           suffixes)]
+                                                           suffixes, self.sampler)]
         return out
 
     infill_mode = "suffix"
 
-    def _generate(self, prompts: List[List[int]], budgets: List[int], suffixes: Optional[List[List[int]]]) -> List[List[int]]:
+    def _generate(self, prompts: List[List[int]], budgets: List[int], suffixes: Optional[List[List[int]]],
+                  sampler: SamplerConfig) -> List[List[int]]:
         raise NotImplementedError
 
     def describe(self) -> Dict[str, Any]:
@@ -120,12 +163,12 @@ class DFMEvalModel(EvalModel):
     dfm: DFMConfig = field(default_factory=DFMConfig)
     pad_token_id: int = 0
 
-    def _generate(self, prompts, budgets, suffixes):
+    def _generate(self, prompts, budgets, suffixes, sampler):
         from megadfm.dfm.sampler import generate
 
-        result = generate(self.model, prompts, budgets, self.sampler, self.dfm, suffixes=suffixes,
+        result = generate(self.model, prompts, budgets, sampler, self.dfm, suffixes=suffixes,
                           pad_token_id=self.pad_token_id,
-                          generator=torch.Generator(device=self.device).manual_seed(self.sampler.seed + self.stats.calls))
+                          generator=torch.Generator(device=self.device).manual_seed(sampler.seed + self.stats.calls))
         self.stats.nfe_full += result.nfe_full
         self.stats.nfe_block += result.nfe_block
         self.stats.nfe += result.nfe_full + result.nfe_block
@@ -146,8 +189,8 @@ class ARCausalLM(EvalModel):
         self._counter = _ForwardCounter(self.model)
 
     @torch.inference_mode()
-    def _generate(self, prompts, budgets, suffixes):
-        cfg = self.sampler
+    def _generate(self, prompts, budgets, suffixes, sampler):
+        cfg = sampler
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

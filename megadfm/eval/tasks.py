@@ -38,6 +38,9 @@ class TaskSettings:
     likelihood_documents: int = 32
     likelihood_seq_len: int = 128
     likelihood_points: int = 16
+    instructions_file: Optional[str] = None        # instruction JSONL (prompt/response); None: held-out stdlib set
+    instructions_max_new_tokens: int = 256
+    chat: bool = False                             # humaneval: send each prompt through the chat template
     seed: int = 0
     progress: bool = True
     shard: Tuple[int, int] = (0, 1)                # (rank, world size): this process evaluates items rank::world
@@ -56,9 +59,41 @@ def run_humaneval(model: EvalModel, s: TaskSettings) -> Dict[str, Any]:
 
     problems = load_problems()
     problems = _shard(problems[: s.limit] if s.limit else problems, s.shard)
-    return evaluate_humaneval(lambda prompts: model.complete(prompts, s.humaneval_max_new_tokens), problems,
-                              n_samples=s.humaneval_samples, ks=s.humaneval_ks, limits=SandboxLimits(timeout_s=s.timeout_s),
-                              workers=s.workers, progress=s.progress)
+    if s.chat:  # the prompt is the user message; the reply (end of turn stripped) is the completion
+        def complete(prompts):
+            return [text for text, _ in model.chat_complete(prompts, s.humaneval_max_new_tokens)]
+    else:
+        def complete(prompts):
+            return model.complete(prompts, s.humaneval_max_new_tokens)
+    result = evaluate_humaneval(complete, problems, n_samples=s.humaneval_samples, ks=s.humaneval_ks,
+                                limits=SandboxLimits(timeout_s=s.timeout_s), workers=s.workers, progress=s.progress)
+    result["chat"] = _chat_record(model) if s.chat else None
+    return result
+
+
+def _chat_record(model: EvalModel) -> Dict[str, Any]:
+    template = model.chat_encoder().template
+    return {"template_source": template.source, "template_sha256": template.sha256,
+            "end_of_turn": model.chat_encoder().end_of_turn}
+
+
+@EVAL_TASKS.register("instructions")
+def run_instructions(model: EvalModel, s: TaskSettings) -> Dict[str, Any]:
+    """Held-out instruction/response pairs answered in chat mode: exact match, parse rate, finished."""
+    from megadfm.eval.instructions import (describe_source, evaluate_instructions, heldout_stdlib_instructions,
+                                           load_instruction_file)
+
+    if "instructions" not in s.cache:
+        s.cache["instructions"] = (load_instruction_file(s.instructions_file) if s.instructions_file
+                                   else heldout_stdlib_instructions())
+    records = s.cache["instructions"]
+    subset = _shard(records[: s.limit] if s.limit else records, s.shard)
+    result = evaluate_instructions(lambda prompts: model.chat_complete(prompts, s.instructions_max_new_tokens), subset,
+                                   batch_size=model.batch_size, progress=s.progress)
+    result["task_meta"] = {**describe_source(s.instructions_file, records), "subset": len(subset),
+                           "max_new_tokens": s.instructions_max_new_tokens}
+    result["chat"] = _chat_record(model)
+    return result
 
 
 def infill_taskset(s: TaskSettings):

@@ -1,35 +1,12 @@
-"""Fixtures of the data tests: the preprocessing tool as a module and small real stdlib corpora."""
+"""Fixtures of the data tests: small real stdlib corpora (the preprocessing tool fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from types import ModuleType
 from typing import List, Tuple
 
 import pytest
 
-from tests.conftest import REPO, stdlib_python_files
-
-TOOL = os.path.join(REPO, "tools", "preprocess_data.py")
-
-
-@pytest.fixture(scope="session")
-def preprocess_tool() -> ModuleType:
-    """tools/preprocess_data.py imported as a module, so tests can call run() with a loaded tokenizer."""
-    spec = importlib.util.spec_from_file_location("preprocess_data_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # worker processes find encode_chunk by module name, as with a script's __main__
-    spec.loader.exec_module(module)
-    return module
-
-
-def preprocess(tool: ModuleType, tokenizer, tokenizer_dir: str, inputs: List[str], prefix: str, *extra: str):
-    """Run the tool in-process (the session's tokenizer is reused: loading it costs seconds)."""
-    args = tool.parse_args(["--input", *inputs, "--tokenizer", tokenizer_dir, "--output-prefix", prefix,
-                            "--no-progress", *extra])
-    return tool.run(args, tokenizer=tokenizer)
+from tests.conftest import preprocess, stdlib_python_files
 
 
 @pytest.fixture(scope="session")

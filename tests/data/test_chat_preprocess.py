@@ -15,7 +15,7 @@ from megadfm.data.chat import (QWEN3_CHAT_TEMPLATE, ChatEncoder, ChatError, Chat
                                resolve_chat_template)
 from megadfm.data.indexed import IndexedDataset
 
-from tests.data.conftest import TOOL, preprocess
+from tests.conftest import PREPROCESS_TOOL as TOOL, preprocess
 
 IM_START, IM_END, THINK, END_THINK, NEWLINE = 151644, 151645, 151667, 151668, 198
 
@@ -44,7 +44,9 @@ def hf_ids(tokenizer, messages, **kwargs):
 
 
 def test_offline_folder_gets_the_qwen3_template_and_its_documented_rendering(encoder, qwen_tokenizer):
-    assert "megadfm Qwen3 template" in encoder.template.source and encoder.template.text == QWEN3_CHAT_TEMPLATE
+    # the offline build writes the template into tokenizer_config.json, where transformers reads it
+    assert encoder.template.source.startswith("tokenizer folder") and encoder.template.text == QWEN3_CHAT_TEMPLATE
+    assert encoder.tokenizer.chat_template == QWEN3_CHAT_TEMPLATE
     # docs/FORMATS.md §2: Qwen3's rendering of one exchange (its trailing <|endoftext|> is the pretraining EOD)
     text = encoder.render(CONVERSATIONS["single"], add_generation_prompt=False)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nhello<|im_end|>\n"
@@ -210,7 +212,9 @@ def test_folder_template_is_used_and_a_foreign_folder_without_one_is_refused(tmp
 
     folder = tmp_path / "tok"
     shutil.copytree(tokenizer_dir, folder)
-    os.remove(folder / "megadfm_tokenizer.json")  # no longer recognisably megadfm's Qwen3 build
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["chat_template"]  # a foreign (or old) folder without a template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ChatError, match="has no chat template .* pass --chat-template FILE"):
         resolve_chat_template(str(folder), load_tokenizer(str(folder)))
     own = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}" \

@@ -18,7 +18,7 @@ from megadfm.data.qwen_tokenizer_build import QWEN3_TOKENIZER_JSON_SHA256
 from megadfm.data.sources import InputError
 
 from tests.conftest import REPO, stdlib_python_files
-from tests.data.conftest import TOOL, preprocess
+from tests.conftest import PREPROCESS_TOOL as TOOL, preprocess
 
 EOD = 151643
 

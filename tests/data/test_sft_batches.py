@@ -90,6 +90,8 @@ def test_prompt_mask_is_exactly_the_prompt_and_every_example_once_per_epoch(sft_
             expected_prompt[start:start + len(prompt)] = True
             seen.append(d)
         assert torch.equal(prompt_mask, expected_prompt)
+        # response_lengths: the stored responses of the row's examples, in row order (telemetry's distribution)
+        assert batch["response_lengths"].tolist() == [len(sft_examples[d][1]) for d in sample["documents"]]
         assert len(segments) in (len(sample["documents"]), len(sample["documents"]) + 1)  # + the padding segment
         if not packing:
             assert len(sample["documents"]) == 1

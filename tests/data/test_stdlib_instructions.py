@@ -18,7 +18,7 @@ from megadfm.data.stdlib_instructions import (MAX_BODY_LINES, MIN_BODY_LINES, fu
                                               stdlib_root)
 
 from tests.conftest import REPO
-from tests.data.conftest import preprocess
+from tests.conftest import preprocess
 
 BUILD_TOOL = os.path.join(REPO, "tools", "build_stdlib_instructions.py")
 LIMIT = 40  # the first 40 files of the sorted walk: 36 train files and 4 held out (asynchat, bz2, calendar, chunk)

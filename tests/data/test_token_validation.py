@@ -14,7 +14,7 @@ from megadfm.data.indexed import IndexedDataset, IndexedDatasetWriter
 from megadfm.data.token_validation import TokenIdError, check_token_ids, token_stats, validate_blend_token_ids
 from megadfm.tokens import MASK_TOKEN_ID, QWEN3_VOCAB_SIZE
 
-from tests.data.conftest import preprocess
+from tests.conftest import preprocess
 
 TOKENIZER_SIZE = MASK_TOKEN_ID + 1  # Qwen3's 151,669 entries plus <|mask|>, as load_tokenizer returns it
 

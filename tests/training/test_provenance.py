@@ -19,7 +19,7 @@ from megadfm.model.config import ModelConfig
 from megadfm.training.callbacks.checkpointing import tokenizer_sha256
 from megadfm.training.provenance import (ProvenanceError, check_data_provenance, check_resume_provenance, guarded_keys)
 
-from tests.data.conftest import preprocess, preprocess_tool  # noqa: F401  (preprocess_tool is a fixture)
+from tests.conftest import preprocess
 from tests.training.engine_helpers import assert_ok, run, tiny_config, write_config
 
 STEP = 2

@@ -71,7 +71,8 @@ class EvaluationCallback(Callback):
             cfg = trainer.cfg
             self._model = DFMEvalModel(
                 kind="dfm", label="training", tokenizer=load_tokenizer(cfg.data.tokenizer, cfg.model.mask_token_id),
-                identity={"path": os.path.abspath(trainer.out_dir), "kind": "training", "step": None},
+                identity={"path": os.path.abspath(trainer.out_dir), "kind": "training", "step": None,
+                          "tokenizer": os.path.abspath(cfg.data.tokenizer)},  # its chat template (instructions task)
                 sampler=sampler_from_preset(self.cfg.sampler), batch_size=self.cfg.batch_size, device=trainer.device,
                 model=Qwen3DFM(cfg.model).to(trainer.device).eval(), dfm=cfg.dfm, pad_token_id=cfg.data.pad_token_id)
         return self._model
@@ -84,7 +85,9 @@ class EvaluationCallback(Callback):
                             infill_tasks=self.cfg.infill_tasks, infill_count=self.cfg.infill_limit,
                             data_prefix=data.blend[0].prefix if data.blend else None, data_split=tuple(data.split),
                             likelihood_documents=self.cfg.likelihood_documents, likelihood_seq_len=data.seq_len,
-                            likelihood_points=self.cfg.likelihood_points, progress=False)
+                            likelihood_points=self.cfg.likelihood_points,
+                            instructions_file=self.cfg.instructions_file,
+                            instructions_max_new_tokens=self.cfg.instructions_max_new_tokens, progress=False)
 
     def post_step(self, trainer: "Trainer", state: StepState) -> None:
         if self.cfg.interval and state.step % self.cfg.interval == 0:
@@ -111,7 +114,8 @@ class EvaluationCallback(Callback):
         model.identity["step"] = trainer.step
         settings = self._settings(trainer)
         for task in self.cfg.tasks:
-            limit = {"humaneval": self.cfg.humaneval_limit, "infill": self.cfg.infill_limit}.get(task)
+            limit = {"humaneval": self.cfg.humaneval_limit, "infill": self.cfg.infill_limit,
+                     "instructions": self.cfg.instructions_limit}.get(task)
             settings.limit = limit
             result, generation, wall = run_task(model, task, settings)
             record.update(flat_scores(task, result, generation))

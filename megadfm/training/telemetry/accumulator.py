@@ -13,6 +13,7 @@ import torch
 
 from megadfm.dfm.loss import DFMLossOutput
 from megadfm.training.telemetry.buckets import Buckets, per_sequence_rows
+from megadfm.training.telemetry.response_lengths import add as add_response_lengths
 from megadfm.training.telemetry.reduce import ReduceFn, local_sum
 
 
@@ -28,8 +29,9 @@ class BucketAccumulator:
     def has_pending(self) -> bool:
         return self._pending is not None
 
-    def add(self, out: DFMLossOutput) -> torch.Tensor:
-        """Add one micro-batch's per-sequence statistics; returns each sequence's bucket index. No communication."""
+    def add(self, out: DFMLossOutput, response_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Add one micro-batch's per-sequence statistics (and, for an SFT batch, its examples' response
+        lengths); returns each sequence's bucket index. No communication."""
         b = out.per_seq_weighted_sum.numel()
         for name in ("mask_ratio", "t", "weight", "per_seq_unweighted_sum", "per_seq_masked_count"):
             n = getattr(out, name).numel()
@@ -45,6 +47,8 @@ class BucketAccumulator:
         extras = self.buckets.extras(self._pending)
         extras[0] += torch.as_tensor(out.normalizer, dtype=torch.float64, device=device).sum()
         extras[1] += 1
+        if response_lengths is not None:
+            add_response_lengths(self.buckets.response_slot(self._pending), response_lengths)
         return index
 
     def reduce(self) -> torch.Tensor:

@@ -8,7 +8,8 @@ A sequence with r = 0.004 and 3 masked tokens of CE 2.0 adds, to bucket_00's row
 
 Every statistic is a *sum* (never a mean), so micro-batches, steps and ranks combine by addition and
 all of them travel in one flat float64 vector: ``num_buckets * len(COLUMNS)`` bucket entries followed
-by ``EXTRAS``. Means are taken only after the reduction (:func:`summarize`).
+by ``EXTRAS`` and the response-length sums of SFT batches (response_lengths.py). Means are taken only
+after the reduction (:func:`summarize`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from megadfm.training.telemetry import response_lengths
 from megadfm.training.telemetry.config import TelemetryConfig
 
 # Per-bucket sums. y = weighted loss per masked token of one sequence (w * CE), c = its unweighted CE per
@@ -125,7 +127,7 @@ class Buckets:
     # ---- the flat statistics vector ----
     @property
     def vector_size(self) -> int:
-        return len(self) * len(COLUMNS) + len(EXTRAS)
+        return len(self) * len(COLUMNS) + len(EXTRAS) + response_lengths.SIZE
 
     def zeros(self, device) -> torch.Tensor:
         return torch.zeros(self.vector_size, dtype=torch.float64, device=device)
@@ -135,7 +137,12 @@ class Buckets:
         return vec[: len(self) * len(COLUMNS)].view(len(self), len(COLUMNS))
 
     def extras(self, vec: torch.Tensor) -> torch.Tensor:
-        return vec[len(self) * len(COLUMNS):]
+        start = len(self) * len(COLUMNS)
+        return vec[start:start + len(EXTRAS)]
+
+    def response_slot(self, vec: torch.Tensor) -> torch.Tensor:
+        """The response-length sums (response_lengths.py) of a flat vector."""
+        return vec[len(self) * len(COLUMNS) + len(EXTRAS):]
 
 
 def per_sequence_rows(mask_ratio: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, weighted_sum: torch.Tensor,
@@ -210,5 +217,6 @@ def summarize(vec: torch.Tensor, buckets: Buckets, prefix: str) -> Dict[str, Opt
         out[f"{b}/mean_weight"] = _div(row[C["weight_sum"]], seqs)
         out[f"{b}/mean_t"] = _div(row[C["t_sum"]], seqs)
         out[f"{b}/mean_mask_ratio"] = _div(row[C["mask_ratio_sum"]], seqs)
+    out.update(response_lengths.summarize(buckets.response_slot(v), prefix))
     return out
 

@@ -35,6 +35,7 @@ import torch
 
 from megadfm.dfm.loss import DFMLossOutput
 from megadfm.training.grad_norms import GROUPS, GradNorms
+from megadfm.training.telemetry import response_lengths
 from megadfm.training.telemetry.accumulator import BucketAccumulator
 from megadfm.training.telemetry.buckets import Buckets, summarize
 from megadfm.training.telemetry.config import TelemetryConfig
@@ -53,6 +54,8 @@ METRIC_MEANINGS = {
     "train/bucket_XX/ce": "unweighted CE per masked token in the bucket",
     "train/bucket_XX/contribution": "the bucket's part of train/loss (contributions add up to it)",
     "train/weighting_var_explained": "fraction of the across-sequence spread of w*CE explained by the weights alone",
+    "train/response_tokens/...": "SFT only: examples in the window, mean/std of their response tokens (end-of-turn "
+                                 "included, EOS tail excluded), histogram hist/LO-HI (response_lengths.py)",
 }
 
 
@@ -113,6 +116,7 @@ class Telemetry:
             "small_ratio_buckets": self.monitor.small_ratio_buckets, "world_size": self.world_size,
             "log_interval": self.log_interval, "grad_clip": self.grad_clip, "grad_groups": list(GROUPS),
             "spike": self.monitor.describe(), "sinks": self.sink_status, "metrics": METRIC_MEANINGS,
+            "response_length_bins": response_lengths.bin_labels(),
         }
         if run_config is not None:
             meta["config"] = run_config
@@ -123,7 +127,7 @@ class Telemetry:
         """One micro-batch's loss output and the batch it came from (for sample identities). No communication."""
         if self._judged_step is not None and self.cfg.spike_detection == "step":
             raise RuntimeError("Telemetry.record after check_spike in the same step: call end_step(step) first")
-        bucket = self.accumulator.add(out)
+        bucket = self.accumulator.add(out, batch.get("response_lengths"))
         self.sequences.add(out, batch, bucket, replay)
 
     def record_grad_norms(self, norms: GradNorms) -> None:
