@@ -6,7 +6,8 @@ JSON (every ``<``, ``>``, ``&`` and ``://`` escaped); the charts are SVG strings
 script. The script only builds strings and DOM nodes and loads nothing: keep static/ free of URL-looking
 text, or the page stops being self-contained. The page names every bucket by its mask-ratio range and
 its t range. Its Evaluation panel charts every ``eval/<task>/<metric>`` key of the ``kind: eval``
-records, with the ``_stderr`` sibling as error bars. Opened with ``#png`` in the URL, the page also
+records, with the ``_stderr`` sibling as error bars; its SFT panel the response-length distribution
+(``train/response_tokens/*``, static/sft_panel.js). Opened with ``#png`` in the URL, the page also
 rasterizes each chart (``data-png`` containers) to a PNG data URL in ``<pre class="png-out">``
 elements, which tools/loss_dashboard.py --png collects through headless Chromium's --dump-dom.
 """
@@ -23,7 +24,7 @@ from typing import Any, Dict, List
 
 PNG_CHARTS = ("loss", "bucket_loss", "bucket_ce", "heatmap", "grad_norms", "lr", "tokens_per_s")
 
-STATIC_FILES = ("dashboard.html", "dashboard.css", "dashboard.js")
+STATIC_FILES = ("dashboard.html", "dashboard.css", "dashboard.js", "sft_panel.js")
 
 
 def static_text(name: str) -> str:
@@ -79,7 +80,9 @@ def _embed_json(obj: Any) -> str:
 def render_html(run: Dict[str, Any], title: str = "", max_points: int = 3000) -> str:
     title = title or f"megadfm loss dashboard: {os.path.basename(run['run_dir'].rstrip(os.sep))}"
     payload = build_payload(run, title, max_points)
-    template, css, js = (static_text(name) for name in STATIC_FILES)
+    template, css, js, sft_js = (static_text(name) for name in STATIC_FILES)
+    # one script, the panel first: its variables are set before dashboard.js's last lines call render()
+    js = sft_js + "\n" + js
     # The data goes in last, so that no placeholder-looking text inside it is ever substituted.
     return (template.replace("__TITLE__", html.escape(title)).replace("__CSS__", css).replace("__JS__", js)
             .replace("__DATA__", _embed_json(payload)))

@@ -412,6 +412,7 @@ function render() {
               c("loss"), c("ce"), c("mean_weight")];
     }));
   evaluationPanel();
+  responsePanel();
 }
 
 // Evaluation panel (kind "eval" records): one small chart per eval/<task>/<metric>, its _stderr sibling as
@@ -521,7 +522,7 @@ function exportPngs(done) {
 try { render(); } catch (err) { ERRORS.push(String(err && err.stack || err)); }
 if (ERRORS.length) markErrors();
 else {
-  var okText = "RENDER_OK charts=" + CHARTS + " spikes=" + RUN.spikes.length + " steps=" + RUN.train.steps.length + " eval_charts=" + EVAL_CHARTS;
+  var okText = "RENDER_OK charts=" + CHARTS + " spikes=" + RUN.spikes.length + " steps=" + RUN.train.steps.length + " eval_charts=" + EVAL_CHARTS + " response_charts=" + RESPONSE_CHARTS;
   if (PNG_MODE) exportPngs(function () { if (!ERRORS.length) document.getElementById("selfcheck").textContent = okText + " png=done"; });
   else { document.getElementById("selfcheck").textContent = okText; document.body.setAttribute("data-render", "ok"); }
 }
