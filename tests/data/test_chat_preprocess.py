@@ -227,3 +227,13 @@ def test_folder_template_is_used_and_a_foreign_folder_without_one_is_refused(tmp
     assert tokenizer.decode(ex.response_ids) == "hello<|im_end|>"  # this template writes no think block
     full = list(tokenizer.apply_chat_template(CONVERSATIONS["single"], tokenize=True)["input_ids"])  # the folder's
     assert ex.prompt_ids + ex.response_ids == full[:-1] and full[-1] == NEWLINE
+
+
+def test_reply_text_cuts_at_end_of_turn_and_drops_only_an_empty_think_block():
+    from megadfm.data.chat import reply_text
+
+    assert reply_text("<think>\n\n</think>\n\nreturn x<|im_end|>ignored") == "return x"
+    assert reply_text("return x") == "return x"  # a sampler that stopped at <|im_end|> leaves none
+    # reasoning is part of what the model said: kept
+    assert reply_text("<think>\nadd them\n</think>\n\n4<|im_end|>") == "<think>\nadd them\n</think>\n\n4"
+    assert reply_text("x <think>\n\n</think>\n\n") == "x <think>\n\n</think>\n\n"  # only a leading block is the template's

@@ -98,3 +98,40 @@ def test_batch_file_errors_name_the_line_and_field(tmp_path, line, message):
 def test_prompt_or_batch_file(model_dir):
     with pytest.raises(SystemExit, match="--prompt .* or --batch-file"):
         generate_tool.main(["--model-dir", model_dir])
+
+
+def test_chat_wraps_the_message_in_the_trained_template_and_stops_at_im_end(model_dir, qwen_tokenizer, tokenizer_dir,
+                                                                             capsys, monkeypatch, no_network):
+    from megadfm.data.chat import ChatEncoder, reply_text, resolve_chat_template
+    from megadfm.tokens import IM_END_TOKEN_ID
+
+    seen = {}
+    real = generate_tool.generate
+
+    def recording(model, prompts, budget, cfg, dfm, **kw):
+        seen.update(prompts=prompts, eos=cfg.eos_token_id)
+        return real(model, prompts, budget, cfg, dfm, **kw)
+
+    monkeypatch.setattr(generate_tool, "generate", recording)
+    code = generate_tool.main(["--model-dir", model_dir, "--chat", "Say hi.", "--chat", "Add 2 and 2.\\nOnly the number.",
+                               "--system", "Be brief.", "--max-new-tokens", "5", "--steps", "2", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    encoder = ChatEncoder(qwen_tokenizer, resolve_chat_template(tokenizer_dir, qwen_tokenizer))
+    for message, ids in zip(["Say hi.", "Add 2 and 2.\nOnly the number."], seen["prompts"]):
+        # the rendering preprocess_data.py --chat stores as a training prompt
+        assert ids == encoder.generation_prompt_ids([{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": message}])
+        assert qwen_tokenizer.decode(ids).endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert seen["eos"] == IM_END_TOKEN_ID == out["sampler"]["eos_token_id"]
+    assert out["chat_template"]["sha256"] == encoder.template.sha256
+    for row in out["results"]:
+        assert IM_END_TOKEN_ID not in row["tokens"] and row["finished"] == (len(row["tokens"]) < 5)
+        assert row["reply"] == reply_text(qwen_tokenizer.decode(row["tokens"], skip_special_tokens=False))
+
+
+def test_chat_flags_are_checked(model_dir):
+    with pytest.raises(SystemExit, match="--system and --chat-template go with --chat"):
+        generate_tool.main(["--model-dir", model_dir, "--prompt", "x", "--system", "s"])
+    with pytest.raises(SystemExit, match="give one of --prompt .*--chat"):
+        generate_tool.main(["--model-dir", model_dir, "--prompt", "x", "--chat", "y"])
