@@ -50,6 +50,13 @@ class MegaDFMConfig:
                 f"{self.data.eod_token_id} is outside the vocabulary [0, {self.model.vocab_size})")
         require(self.data.pad_token_id < self.model.vocab_size, "data.pad_token_id",
                 f"{self.data.pad_token_id} is outside the vocabulary [0, {self.model.vocab_size})")
+        # CoDA's suffix truncation cuts a row at a random point: in an SFT row that can fall inside the
+        # prompt or drop the response's end-of-turn, so the example would teach a cut answer
+        require(self.data.format != "sft" or self.dfm.truncate_suffix_prob == 0.0, "dfm.truncate_suffix_prob",
+                f"must be 0 with data.format: sft (got {self.dfm.truncate_suffix_prob}): a cut SFT row loses its "
+                "response's end or its prompt")
+        require(self.dfm.loss_normalizer != "response_length" or self.data.format == "sft", "dfm.loss_normalizer",
+                "response_length divides by each row's response tokens and needs data.format: sft (prompt_mask)")
 
 
 def _set_dotted(tree: Dict[str, Any], dotted: str, value: Any, flag: str, origins: Dict[str, str]) -> None:

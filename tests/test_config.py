@@ -1,11 +1,14 @@
 """megadfm.config: round trips, overrides and one named error per class of bad input."""
 
 import dataclasses
+import os
 import typing
 
 import pytest
 
 from megadfm.config import ConfigError, MegaDFMConfig, describe, dump_config, load_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -124,3 +127,27 @@ def test_every_field_is_documented():
     walk(MegaDFMConfig)
     text = describe(MegaDFMConfig)
     assert "model.hidden_size" in text and "Width of the residual stream" in text
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    (["data.format=sft", "dfm.truncate_suffix_prob=0.3"], "dfm.truncate_suffix_prob", "must be 0 with data.format: sft"),
+    (["dfm.loss_normalizer=response_length"], "dfm.loss_normalizer", "needs data.format: sft"),
+])
+def test_sft_only_settings_are_checked_across_sections(overrides, key, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert f"'{key}'" in str(e.value) and fragment in str(e.value)
+    load_config(None, ["data.format=sft", "dfm.loss_normalizer=response_length"])  # the SFT pair itself is fine
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "sft_tiny_cpu.yaml", "qwen3_1p7b_h100x4.yaml"])
+def test_example_configs_load(name):
+    load_config(os.path.join(REPO_ROOT, "examples", name), [])
+
+
+def test_sft_example_fine_tunes_the_demo_model_shape():
+    """examples/sft_tiny_cpu.yaml starts from runs/tiny_cpu (training.init_from, loaded strictly): same model."""
+    demo = load_config(os.path.join(REPO_ROOT, "examples", "tiny_cpu.yaml"), [])
+    sft = load_config(os.path.join(REPO_ROOT, "examples", "sft_tiny_cpu.yaml"), [])
+    assert sft.model == demo.model and sft.training.init_from == demo.training.output_dir
+    assert sft.data.format == "sft" and sft.dfm.loss_normalizer == "response_length"

@@ -70,13 +70,12 @@ def parses(text: str) -> bool:
 
 
 def evaluate_instructions(reply: Callable[[List[str]], List[Tuple[str, bool]]], records: Sequence[Dict[str, str]],
-                          batch_size: int = 8, progress: bool = True, keep_samples: int = 8) -> Dict[str, Any]:
-    """Score ``reply(prompts) -> [(text, finished)]`` on ``records``; the result keeps the first
-    ``keep_samples`` replies next to their references (for reading, not for scoring)."""
+                          batch_size: int = 8, progress: bool = True) -> Dict[str, Any]:
+    """Score ``reply(prompts) -> [(text, finished)]`` on ``records``; ``per_problem`` keeps every reply
+    next to its reference and its scores, so a number can be audited."""
     if not records:
         raise ValueError("evaluate_instructions: no records")
-    per_problem: List[Dict[str, float]] = []
-    samples: List[Dict[str, Any]] = []
+    per_problem: List[Dict[str, Any]] = []
     with tqdm(total=len(records), unit="problem", desc="instructions", disable=not progress, dynamic_ncols=True) as bar:
         for lo in range(0, len(records), batch_size):
             chunk = records[lo:lo + batch_size]
@@ -86,16 +85,14 @@ def evaluate_instructions(reply: Callable[[List[str]], List[Tuple[str, bool]]], 
             for record, (text, done) in zip(chunk, replies):
                 scores = {"exact_match": float(text.rstrip() == record["response"].rstrip()),
                           "parse_rate": float(parses(text)), "finished": float(done)}
-                per_problem.append(scores)
-                if len(samples) < keep_samples:
-                    samples.append({"source": record.get("source"), "function": record.get("function"), "reply": text,
+                per_problem.append({"source": record.get("source"), "function": record.get("function"), "reply": text,
                                     "reference": record["response"], **scores})
             bar.update(len(chunk))
     out: Dict[str, Any] = {}
     for metric in ("exact_match", "parse_rate", "finished"):
         mean, err = mean_and_stderr([p[metric] for p in per_problem])
         out[metric] = {"mean": mean, "stderr": err}
-    return {"task": "instructions", "problems": len(per_problem), "scores": out, "samples": samples}
+    return {"task": "instructions", "problems": len(per_problem), "scores": out, "per_problem": per_problem}
 
 
 def describe_source(path: Optional[str], records: Sequence[Dict[str, str]]) -> Dict[str, Any]:

@@ -31,7 +31,7 @@ def test_scores_match_a_hand_count():
     assert out["scores"]["exact_match"]["mean"] == 0.25
     assert out["scores"]["parse_rate"]["mean"] == 0.5
     assert out["scores"]["finished"]["mean"] == 0.5
-    assert out["samples"][0] == {"source": None, "function": None, "reply": "return x\n", "reference": "return x",
+    assert len(out["per_problem"]) == 4 and out["per_problem"][0] == {"source": None, "function": None, "reply": "return x\n", "reference": "return x",
                                  "exact_match": 1.0, "parse_rate": 1.0, "finished": 1.0}
     assert not parses("# only a comment") and parses("yield x") and parses("return 1")
 
