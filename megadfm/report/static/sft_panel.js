@@ -18,7 +18,7 @@ function responseHistogram(T) {
 
 // A bar per bin: examples of the whole run (every logging window summed) by response tokens.
 function barChart(id, title, bars) {
-  var el = document.getElementById(id), W = 460, M = {l: 56, r: 12, t: 30, b: 52}, PH = 180, H = M.t + PH + M.b;
+  var el = document.getElementById(id), W = 460, M = {l: 56, r: 12, t: 30, b: 70}, PH = 180, H = M.t + PH + M.b;
   var top = Math.max.apply(null, bars.map(function (b) { return b.count; }).concat([1]));
   var bw = (W - M.l - M.r) / Math.max(bars.length, 1);
   var s = '<svg width="' + W + '" height="' + H + '" viewBox="0 0 ' + W + " " + H + '" font-family="sans-serif" font-size="11">';
