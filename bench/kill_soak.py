@@ -49,22 +49,12 @@ def corpus(work: str) -> str:
     return prefix + "_text_document"
 
 
-def env() -> Dict[str, str]:
-    """This environment plus the test suite's launch settings, without a parent launcher's rank variables."""
-    from tests.training.engine_helpers import TEST_ENV  # imported where used: --help answers without torch
+def launch(config: str, log: str, slow_ms: int):
+    """Start a 2-process run of ``config`` through the fault-injection wrapper, its ranks in one process
+    group (tests/training/engine_helpers.py's default launcher: the ranks started directly)."""
+    from tests.training.engine_helpers import start  # imported where used: --help answers without torch
 
-    e = dict(os.environ, **TEST_ENV)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(var, None)
-    return e
-
-
-def launch(config: str, log: str, slow_ms: int) -> subprocess.Popen:
-    """Start a 2-process run of ``config`` through the fault-injection wrapper, in its own session."""
-    from tests.training.engine_helpers import launch_command
-
-    return subprocess.Popen(launch_command(config, 2, "deepspeed", faults={"slow_save_ms": slow_ms}), cwd=REPO, env=env(),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return start(config, nproc=2, log_path=log, faults={"slow_save_ms": slow_ms})
 
 
 def read(path: str) -> str:

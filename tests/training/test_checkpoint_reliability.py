@@ -149,7 +149,7 @@ def test_checkpoint_larger_than_the_disk_is_refused_every_time(tmp_path, small_d
     path = disk_config(tmp_path, run_dir, stdlib_prefix, tokenizer_dir, steps=2, interval=0)
     overrides = [] if disk else ["checkpoint.min_free_bytes=1000000000000000"]
     for attempt in range(2):  # the rerun meets the same clean refusal (was: died writing config.yaml)
-        proc = run(path, nproc=2, overrides=overrides, launcher="deepspeed")  # exit 4 passed through
+        proc = run(path, nproc=2, overrides=overrides)  # rank 0's exit 4
         assert_save_failed(proc, run_dir, "disk full (", "bytes needed", "the save was refused before writing",
                            "final checkpoint at step 2 not saved")
         assert entries(run_dir) == []
@@ -160,7 +160,7 @@ def test_room_for_one_checkpoint_refuses_the_second_and_exits_nonzero(tmp_path, 
     run_dir = os.path.join(disk or str(tmp_path), "run")
     path = disk_config(tmp_path, run_dir, stdlib_prefix, tokenizer_dir, steps=4, interval=2)
     overrides = [] if disk else [f"checkpoint.min_free_bytes={shutil.disk_usage(str(tmp_path)).free - 100_000_000}"]
-    proc = run(path, nproc=2, overrides=overrides, launcher="deepspeed")  # exit 4 passed through
+    proc = run(path, nproc=2, overrides=overrides, launcher="deepspeed")  # the README's launcher passes exit 4 through
     assert_save_failed(proc, run_dir, "disk full (", "final checkpoint at step 4 not saved", "the newest checkpoint is step 2")
     assert [n for n in entries(run_dir) if n.startswith("step_")] == [tag(2)]  # the last good one is kept
 
@@ -173,7 +173,7 @@ def test_disk_filling_up_during_a_save_removes_it_with_one_error(tmp_path, small
     disk = small_disk(150)
     run_dir = os.path.join(disk or str(tmp_path), "run")
     path = disk_config(tmp_path, run_dir, stdlib_prefix, tokenizer_dir, steps=6, interval=2)
-    proc = run(path, nproc=2, faults={"fill_disk_at_step": 4}, launcher="deepspeed")  # exit 4, no traceback
+    proc = run(path, nproc=2, faults={"fill_disk_at_step": 4})  # exit 4, no traceback
     assert_save_failed(proc, run_dir, "disk full (", f"at {os.path.join(run_dir, CKPT, '.incomplete-' + tag(4))}",
                        "the newest checkpoint is still step_00000002")
     assert "Traceback" not in proc.stdout + proc.stderr

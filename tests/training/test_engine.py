@@ -26,7 +26,7 @@ def test_zero3_two_processes_loss_decreases(tmp_path, stdlib_prefix, tokenizer_d
     cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir,
                       training={"train_steps": 30, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 3, "micro_batch_size": 4},
                       checkpoint={"save_interval": 0})
-    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=2, launcher="deepspeed")  # the README's command
+    proc = run(write_config(str(tmp_path / "c.yaml"), cfg), nproc=2)
     assert_ok(proc)
     assert "world size 2" in proc.stdout and "ZeRO stage 3" in proc.stdout
     recs = step_records(run_dir)
@@ -56,7 +56,7 @@ def reference_run(tmp_path_factory, stdlib_prefix, tokenizer_dir):
     work = tmp_path_factory.mktemp("reference")
     run_dir = str(work / "run")
     cfg = _resume_config(run_dir, stdlib_prefix, tokenizer_dir, grad_accum_steps=1, save_interval=0)
-    assert_ok(run(write_config(str(work / "c.yaml"), cfg), nproc=2, launcher="deepspeed"))
+    assert_ok(run(write_config(str(work / "c.yaml"), cfg), nproc=2))
     return step_records(run_dir)
 
 
@@ -67,7 +67,7 @@ def _resume_pair(tmp_path, stdlib_prefix, tokenizer_dir, first_nproc, accum_firs
     part_dir = str(tmp_path / "part")
     part_path = write_config(str(tmp_path / "part.yaml"),
                              _resume_config(part_dir, stdlib_prefix, tokenizer_dir, grad_accum_steps=accum_first, save_interval=k))
-    assert_ok(run(part_path, nproc=first_nproc, launcher="torchrun" if first_nproc > 1 else "python",
+    assert_ok(run(part_path, nproc=first_nproc,
                   overrides=[f"training.exit_after_steps={k}"]))
     assert complete_steps(part_dir) == [k]
     resumed = run(part_path, nproc=2, overrides=["training.grad_accum_steps=1"])
@@ -161,9 +161,10 @@ def test_batch_arithmetic_error_is_explained(tmp_path, stdlib_prefix, tokenizer_
     assert "grad_accum_steps=4" in text
 
 
-def test_torchrun_with_zero_init_matches_deepspeed_launcher(tmp_path, stdlib_prefix, tokenizer_dir, reference_run):
-    """The reference run's config under torchrun with the model built inside deepspeed.zero.Init (stopped
-    after 3 steps): the seeded init does not depend on partitioning (the step-1 loss is bitwise equal);
+def test_torchrun_with_zero_init_matches_the_spawned_reference(tmp_path, stdlib_prefix, tokenizer_dir, reference_run):
+    """The reference run's config (its ranks started directly) under torchrun, with the model built inside
+    deepspeed.zero.Init (stopped after 3 steps): the launcher changes nothing and the seeded init does not
+    depend on partitioning (the step-1 loss is bitwise equal);
     later steps agree to float tolerance (zero.Init changes how DeepSpeed lays out the flat partitions,
     hence the summation order)."""
     run_dir = str(tmp_path / "torchrun")
