@@ -1,6 +1,9 @@
 """Files on disk: atomic writes (a reader never sees half of one), durable trees, content hashes.
 
-Atomic write: temporary name in the same folder, fsync, rename, fsync the folder.
+Atomic write: temporary name in the same folder, fsync, rename, fsync the folder. The temporary
+file or folder gets the permissions a plain ``open`` / ``mkdir`` would give it (mkstemp and mkdtemp
+create them private, 0600 / 0700, which would leave a shared tokenizer folder or dataset unreadable
+by other users after the rename).
 """
 
 from __future__ import annotations
@@ -10,12 +13,24 @@ import os
 import tempfile
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str) -> None:
+    """chmod a temporary file (0666) or folder (0777) to what the umask allows, as open/mkdir would."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~current_umask())
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """``path`` holds either its old content or all of ``data``, even if the process dies mid-write."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        give_default_permissions(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -172,3 +172,18 @@ def test_generate_reads_init_folder_and_hf_export(kind, init_and_export, capsys,
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["new_tokens"] == 3 and len(out["results"][0]["tokens"]) == 3
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp makes its files 0600: after the rename a shared dataset or tokenizer would be private."""
+    from megadfm.io_utils import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(str(tmp_path / "a.json"), "{}")
+        os.umask(0o027)
+        write_text_atomic(str(tmp_path / "b.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640

@@ -27,7 +27,7 @@ from megadfm.data.chat import QWEN3_CHAT_TEMPLATE  # noqa: E402
 from megadfm.data.qwen_tokenizer_build import (  # noqa: E402
     ADDED_TOKENS, QWEN3_TOKENIZER_JSON_SHA256, TokenizerBuildError, build_tokenizer_json, fetch_tiktoken)
 from megadfm.data.tokenizer import MASK_TOKEN  # noqa: E402
-from megadfm.io_utils import sha256_file, write_text_atomic  # noqa: E402
+from megadfm.io_utils import give_default_permissions, sha256_file, write_text_atomic  # noqa: E402
 from megadfm.model.config import MASK_TOKEN_ID  # noqa: E402
 
 MANIFEST = "megadfm_tokenizer.json"
@@ -97,6 +97,7 @@ def build(out: str, tiktoken: str | None, cache_dir: str, force: bool) -> int:
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tokenizer-build-", dir=parent)
+    give_default_permissions(staging)  # the folder other users' runs read
     try:
         digest = build_tokenizer_json(tiktoken, os.path.join(staging, "tokenizer.json"))
         if digest != QWEN3_TOKENIZER_JSON_SHA256:

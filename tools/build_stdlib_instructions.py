@@ -73,10 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {"tool": "tools/build_stdlib_instructions.py", "stdlib": os.path.abspath(root),
                "python": sys.version.split()[0], "heldout_percent": args.heldout_percent, "limit": args.limit,
                **result.summary()}
-    tmp = f"{summary_path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, summary_path)
+    write_text_atomic(summary_path, json.dumps(summary, indent=1))
     print(f"{summary['files']} files ({summary['train_files']} train, {summary['heldout_files']} held out), "
           f"{summary['functions_kept']} functions kept ({summary['train_examples']} train, "
           f"{summary['heldout_examples']} held out) -> {args.out}")

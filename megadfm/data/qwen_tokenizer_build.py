@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from typing import Dict, List, Tuple
 
-from megadfm.io_utils import sha256_file
+from megadfm.io_utils import give_default_permissions, sha256_file, write_bytes_atomic
 
 QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 QWEN3_TOKENIZER_JSON_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
@@ -85,10 +85,7 @@ def fetch_tiktoken(cache_dir: str) -> str:
             data = zf.read(TIKTOKEN_MEMBER)
         except KeyError:
             raise TokenizerBuildError(f"{wheel} has no member {TIKTOKEN_MEMBER}") from None
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    write_bytes_atomic(target, data)
     return target
 
 
@@ -174,6 +171,7 @@ def build_tokenizer_json(tiktoken_path: str, out_path: str, verify_sha256: bool 
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer-", suffix=".json.tmp")
     os.close(fd)
     try:
+        give_default_permissions(tmp)
         tok.save(tmp, pretty=True)
         digest = sha256_file(tmp)
         os.replace(tmp, out_path)

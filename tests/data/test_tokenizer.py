@@ -29,6 +29,9 @@ def test_rebuild_from_tiktoken_is_byte_identical(tmp_path, tokenizer_dir):
     digest = build_tokenizer_json(tiktoken, str(tmp_path / "tokenizer.json"))
     assert digest == QWEN3_TOKENIZER_JSON_SHA256
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "tokenizer.json").stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file, not 0600
 
 
 def test_corrupt_tiktoken_is_rejected(tmp_path, tokenizer_dir):
