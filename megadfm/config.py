@@ -55,6 +55,9 @@ class MegaDFMConfig:
         require(self.data.format != "sft" or self.dfm.truncate_suffix_prob == 0.0, "dfm.truncate_suffix_prob",
                 f"must be 0 with data.format: sft (got {self.dfm.truncate_suffix_prob}): a cut SFT row loses its "
                 "response's end or its prompt")
+        require(self.dfm.objective != "ar" or self.model.attention_mode == "causal", "model.attention_mode",
+                f"must be causal with dfm.objective: ar (a bidirectional model would see the token it predicts), got "
+                f"{self.model.attention_mode}")
         require(self.dfm.loss_normalizer != "response_length" or self.data.format == "sft", "dfm.loss_normalizer",
                 "response_length divides by each row's response tokens and needs data.format: sft (prompt_mask)")
 

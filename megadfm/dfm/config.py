@@ -20,6 +20,10 @@ class DFMConfig:
     """Probability path, time sampling and loss. t = 0 is all-mask, t = 1 is clean data;
     kappa(t) is the probability a token is clean and the mask ratio is r = 1 - kappa(t)."""
 
+    objective: Literal["dfm", "ar"] = doc(
+        "dfm", "dfm: the discrete flow-matching loss. ar: next-token CE of a causal model (model.attention_mode: causal; "
+        "needs loss_weighting: none, loss_normalizer: masked, shift_logits: true and no CoDA strategy), the loss of "
+        "transformers' Qwen3ForCausalLM, for AR pretraining in the same engine (megadfm/dfm/ar_loss.py).")
     scheduler: Literal["polynomial", "linear", "cosine"] = doc("polynomial", "kappa(t): polynomial t^n, linear (n = 1) or cosine.")
     scheduler_exponent: float = doc(1.0, "n of the polynomial scheduler kappa(t) = t^n.")
     source: Literal["mask", "uniform", "mixture"] = doc("mask", "Source distribution at t = 0: all <|mask|>, uniform real tokens [0, mask_token_id), or a mixture. "
@@ -55,6 +59,11 @@ class DFMConfig:
             v = getattr(self, name)
             require(0.0 <= v <= 1.0, name, f"is a probability and must be in [0, 1], got {v}")
         require(self.block_mask_size > 0, "block_mask_size", f"must be positive, got {self.block_mask_size}")
+        if self.objective == "ar":  # the AR loss is fixed (mean next-token CE); settings it would ignore are refused
+            for name, wanted in (("loss_weighting", "none"), ("loss_normalizer", "masked"), ("shift_logits", True),
+                                 ("prefix_mask_prob", 0.0), ("truncate_suffix_prob", 0.0), ("block_mask_prob", 0.0)):
+                require(getattr(self, name) == wanted, name, f"must be {wanted!r} with objective: ar (the mean next-token "
+                        f"cross-entropy of transformers' Qwen3ForCausalLM), got {getattr(self, name)!r}")
         if self.loss_weighting in LOSS_PRESETS:
             # The preset picks the normaliser; any other explicit choice would be silently ignored.
             preset = LOSS_PRESETS.get(self.loss_weighting)

@@ -1,4 +1,4 @@
-"""The module DeepSpeed wraps: model + DFM objective in one forward.
+"""The module DeepSpeed wraps: model + training objective (``dfm.objective``: DFM or AR) in one forward.
 
 Running the whole objective inside one ``forward`` matters under ZeRO-3: parameters are gathered by
 module hooks, and the LM-head weight (tied to the embedding) is used by the loss outside the
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import dfm_loss
+from megadfm.dfm.objectives import OBJECTIVES
 from megadfm.dfm.schedulers import Scheduler
 
 
@@ -28,6 +28,7 @@ class DFMTrainingModule(nn.Module):
         self.dfm_cfg = dfm_cfg
         self.scheduler = scheduler
         self.pad_token_id = pad_token_id
+        self.objective = OBJECTIVES.get(dfm_cfg.objective)  # dfm_loss, or ar_loss (megadfm/dfm/objectives.py)
 
     def register_zero3_external_parameters(self) -> None:
         import deepspeed
@@ -38,7 +39,7 @@ class DFMTrainingModule(nn.Module):
         """A plain dict of tensors (not the dataclass): DeepSpeed attaches its ZeRO-3 backward hooks
         only to tensors inside tuples, lists and dicts, and the hook is what re-gathers the tied head
         weight for the loss's backward. :meth:`Trainer.forward` turns it back into a DFMLossOutput."""
-        out = dfm_loss(self.model, batch, t, self.dfm_cfg, self.scheduler, generator, pad_token_id=self.pad_token_id)
+        out = self.objective(self.model, batch, t, self.dfm_cfg, self.scheduler, generator, pad_token_id=self.pad_token_id)
         return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
 
     def parameter_group(self, name: str) -> str:

@@ -28,6 +28,8 @@ RUNS = {  # name: (ZeRO stage, processes, model overrides)
     "zero2": (2, 2, {"time_conditioning": "adaln_single", "tie_word_embeddings": False}),
     "zero0": (0, 1, {"time_conditioning": "none"}),  # ZeRO-0 writes one unpartitioned model file whatever the world size
 }
+AR_RUN = {"model": {"time_conditioning": "none", "attention_mode": "causal"},  # dfm.objective: ar, a plain causal Qwen3
+          "dfm": {"objective": "ar", "loss_weighting": "none", "loss_normalizer": "masked"}}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,11 @@ def trained(tmp_path_factory, stdlib_prefix, tokenizer_dir):
         if name == "zero3":
             assert "initialisation: megadfm init folder" in proc.stdout + proc.stderr
         runs[name] = run_dir
+    run_dir = str(work / "ar")
+    cfg = tiny_config(run_dir, stdlib_prefix, tokenizer_dir, model=dict(AR_RUN["model"], head_dim=16), dfm=AR_RUN["dfm"],
+                      training={"train_steps": STEPS, "warmup_steps": 1}, checkpoint={"save_interval": STEPS})
+    assert_ok(run(write_config(str(work / "ar.yaml"), cfg), nproc=1))
+    runs["ar"] = run_dir
     return runs
 
 
@@ -73,7 +80,8 @@ def megadfm_logits(run_dir, inputs):
 def test_exports_load_offline_and_match_megadfm(trained, tmp_path, qwen_tokenizer):
     inputs = sample_inputs(qwen_tokenizer)
     folders, expected = [], []
-    for name, run_dir in trained.items():
+    dfm_runs = {name: trained[name] for name in RUNS}
+    for name, run_dir in dfm_runs.items():
         out = str(tmp_path / f"hf_{name}")
         # a run dir for ZeRO-3, its checkpoints/ dir with an explicit step for the others
         ckpt, step = (run_dir, None) if name == "zero3" else (os.path.join(run_dir, "checkpoints"), STEPS)
@@ -91,7 +99,7 @@ def test_exports_load_offline_and_match_megadfm(trained, tmp_path, qwen_tokenize
         folders.append(out)
         expected.append((logits, hidden))
     loaded = load_exports_offline(folders, inputs, str(tmp_path))
-    for name, got, (logits, hidden) in zip(trained, loaded, expected):
+    for name, got, (logits, hidden) in zip(dfm_runs, loaded, expected):
         assert got["class"] == "MegaDFMQwen3ForMaskedLM" and got["base_class"] == "MegaDFMQwen3Model", name
         assert got["mask_token"] == "<|mask|>" and got["mask_token_id"] == got["gen_mask_token_id"] == 151669
         assert got["dfm_sampler"]["steps"] > 0 and got["dtype"] == "torch.float32"
@@ -141,3 +149,27 @@ def test_export_refuses_a_tokenizer_the_run_did_not_train_with(trained, tmp_path
     assert not os.path.lexists(tmp_path / "hf")
     export_to_hf(trained["zero3"], str(tmp_path / "hf"), tokenizer=str(other), allow_other_tokenizer=True)
     assert os.path.isfile(tmp_path / "hf" / "config.json")
+
+
+def test_ar_run_exports_as_qwen3_that_transformers_loads_and_generates_with(trained, tmp_path, qwen_tokenizer):
+    """dfm.objective: ar trained a causal model without t: --as-qwen3 gives a Qwen3ForCausalLM computing megadfm's logits
+    (<|mask|> aside: megadfm never predicts it), with no warning, and transformers' generate runs on it offline."""
+    from transformers import Qwen3ForCausalLM
+
+    out = tmp_path / "ar_qwen3"
+    meta = export_to_hf(trained["ar"], str(out), as_qwen3=True)
+    assert meta["format"] == "qwen3" and meta["warnings"] == []
+    assert meta["run_config"]["dfm"]["objective"] == "ar"
+    model, info = Qwen3ForCausalLM.from_pretrained(str(out), output_loading_info=True, local_files_only=True)
+    assert not any(info.values()), info
+    inputs = sample_inputs(qwen_tokenizer)
+    ours, _, _ = megadfm_logits(trained["ar"], inputs)
+    with torch.no_grad():
+        theirs = model.eval()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    keep = torch.ones(theirs.shape[-1], dtype=torch.bool)
+    keep[151669] = False
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(theirs[real][:, keep], ours[real][:, keep], atol=1e-5, rtol=1e-5)
+    prompt = torch.tensor([qwen_tokenizer.encode("def add(a, b):")])
+    generated = model.generate(input_ids=prompt, max_new_tokens=5, do_sample=False, pad_token_id=151643)
+    assert generated.shape == (1, prompt.shape[1] + 5) and torch.equal(generated[:, :prompt.shape[1]], prompt)

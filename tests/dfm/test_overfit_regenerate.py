@@ -40,7 +40,7 @@ from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask
 
 EOD = 151643  # <|endoftext|>, appended to every document as preprocessing does
 FUNCTIONS = [("posixpath.py", "basename"), ("genericpath.py", "exists"), ("heapq.py", "heappush"), ("shlex.py", "join")]
-STEPS, COPIES, LR = 400, 8, 5e-3
+STEPS, COPIES, LR = 320, 6, 5e-3
 SEED = int(os.environ.get("MEGADFM_OVERFIT_SEED", "0"))  # model init + training RNG; seeds 0-3 checked
 
 

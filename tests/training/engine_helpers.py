@@ -209,6 +209,13 @@ def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:
     return False
 
 
+def complete_steps(run_dir: str) -> List[int]:
+    """Steps of the run's complete checkpoints (universal conversions left out)."""
+    root = os.path.join(run_dir, "checkpoints")
+    return sorted(int(n.split("_")[1]) for n in os.listdir(root) if n.startswith("step_") and not n.endswith("_universal")
+                  and os.path.isfile(os.path.join(root, n, "megadfm_meta.json")))
+
+
 def step_records(run_dir: str) -> Dict[int, Dict]:
     """The last record logged for each training step (a resumed run re-logs nothing before its start)."""
     path = os.path.join(run_dir, "telemetry", "train_steps.jsonl")
