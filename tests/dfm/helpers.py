@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+import math
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -61,3 +62,35 @@ def tiny_sampler_model(vocab: int, mask: int):
     m = Qwen3DFM(ModelConfig(vocab_size=vocab, mask_token_id=mask, hidden_size=32, intermediate_size=64,
                              num_attention_heads=4, num_key_value_heads=2, kernels="torch"), seed=0)
     return m.eval()
+
+
+def memorize(model: torch.nn.Module, batch, dfm, steps: int, lr: float, seed: int, pad_token_id: int,
+             on_step: Optional[Callable[[int], None]] = None) -> torch.nn.Module:
+    """Train ``model`` on the one ``batch`` with dfm_loss until it has memorised it (the overfit tests):
+    plain AdamW, 20 warm-up steps then cosine decay, t drawn per row from ``seed``, one thread (a model this
+    small gains nothing from a second one and loses a lot on a busy machine). ``on_step(step)`` runs before
+    each step (a snapshot part-way). Returns the model in eval mode."""
+    from megadfm.dfm.loss import dfm_loss
+    from megadfm.dfm.schedulers import make_scheduler
+    from megadfm.dfm.time_sampling import sample_times
+
+    scheduler = make_scheduler(dfm)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(steps):
+            if on_step is not None:
+                on_step(step)
+            t = sample_times(batch["input_ids"].shape[0], dfm, scheduler, generator=gen)
+            out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=pad_token_id)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()

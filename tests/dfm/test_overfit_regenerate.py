@@ -11,32 +11,28 @@ time at which the training path produces the input's mask ratio.
 Vocabulary: the sequences are tokenized with the real Qwen3 tokenizer, then their ~100 distinct
 ids are remapped to a compact vocabulary 0..K-1 (mask = K) so that the model trains in seconds on
 2 CPU cores instead of carrying a 151,936-row embedding; the result is mapped back and decoded
-with the real tokenizer. Training: plain torch AdamW (no DeepSpeed), 400 steps, cosine decay,
-8 copies of the 4 sequences per batch, stratified t, CoDA prefix strategy on half the rows.
+with the real tokenizer. Training: plain torch AdamW (no DeepSpeed), 320 steps (tests.dfm.helpers.memorize), cosine decay,
+6 copies of the 4 sequences per batch, stratified t, CoDA prefix strategy on half the rows.
 """
 
 from __future__ import annotations
 
 import ast
-import math
 import os
 import sysconfig
 from dataclasses import dataclass
 from typing import List
 
 import pytest
-import torch
 
 from megadfm.data.batch import batch_from_documents
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import dfm_loss
 from megadfm.dfm.sampler import generate
 from megadfm.dfm.sampler_config import SamplerConfig
 from megadfm.dfm.schedulers import make_scheduler
-from megadfm.dfm.time_sampling import sample_times
 from megadfm.model import ModelConfig, Qwen3DFM
 
-from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask
+from .helpers import Recorder, assert_time_matches_mask_ratio, generation_mask, memorize
 
 EOD = 151643  # <|endoftext|>, appended to every document as preprocessing does
 FUNCTIONS = [("posixpath.py", "basename"), ("genericpath.py", "exists"), ("heapq.py", "heappush"), ("shlex.py", "join")]
@@ -80,25 +76,9 @@ def memorized(request, qwen_tokenizer) -> Memorized:
     model = Qwen3DFM(model_cfg, seed=SEED)
     # eps 0.05 bounds the 1/r weight (20): memorization is what is tested, not the r -> 0 tail.
     dfm = DFMConfig(scheduler="linear", shift_logits=shift, prefix_mask_prob=0.5, mask_ratio_eps=0.05)
-    scheduler = make_scheduler(dfm)
     batch = batch_from_documents(docs * COPIES, pad_token_id=eod)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, STEPS) / STEPS)))
-    gen = torch.Generator().manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from a 2nd thread and loses 3x on a busy machine
-    try:
-        for _ in range(STEPS):
-            t = sample_times(len(docs) * COPIES, dfm, scheduler, generator=gen)
-            out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=eod)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    return Memorized(model.eval(), dfm, docs, vocab, mask_id, eod, texts)
+    memorize(model, batch, dfm, STEPS, LR, SEED, eod)
+    return Memorized(model, dfm, docs, vocab, mask_id, eod, texts)
 
 
 SAMPLERS = {

@@ -21,28 +21,24 @@ Training: plain torch AdamW, 200 steps, 4 copies of the 4 rows per batch. Vocabu
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 import pytest
-import torch
 
 from megadfm.data.chat import ChatEncoder, reply_text, resolve_chat_template
 from megadfm.data.config import BlendSource, DataConfig, SFTConfig
 from megadfm.data.loader import build_blended_dataset, collate_samples
 from megadfm.data.stdlib_instructions import build, stdlib_root
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import dfm_loss
 from megadfm.dfm.sampler import generate
 from megadfm.dfm.sampler_config import SamplerConfig
-from megadfm.dfm.schedulers import make_scheduler
-from megadfm.dfm.time_sampling import sample_times
 from megadfm.model import ModelConfig, Qwen3DFM
 from megadfm.tokens import IM_END_TOKEN_ID
 from tests.conftest import preprocess
+from tests.dfm.helpers import memorize
 
 PAIRS, STEPS, COPIES, LR, TAIL = 4, 200, 4, 5e-3, 8
 SEED = int(os.environ.get("MEGADFM_OVERFIT_SEED", "0"))  # model init + training RNG; seeds 0-2 checked
@@ -101,24 +97,8 @@ def tuned(tmp_path_factory, preprocess_tool, qwen_tokenizer, tokenizer_dir) -> T
                             num_attention_heads=4, num_key_value_heads=2, mask_token_id=mask_id, kernels="torch")
     model = Qwen3DFM(model_cfg, seed=SEED)
     dfm = DFMConfig(scheduler="linear", loss_normalizer="response_length", mask_ratio_eps=0.05)
-    scheduler = make_scheduler(dfm)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, STEPS) / STEPS)))
-    gen = torch.Generator().manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for _ in range(STEPS):
-            t = sample_times(batch["input_ids"].shape[0], dfm, scheduler, generator=gen)
-            out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=compact[IM_END_TOKEN_ID])
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
-    return Tuned(model.eval(), dfm, encoder, records, compact, vocab, mask_id, seq_len, rows)
+    memorize(model, batch, dfm, STEPS, LR, SEED, compact[IM_END_TOKEN_ID])
+    return Tuned(model, dfm, encoder, records, compact, vocab, mask_id, seq_len, rows)
 
 
 def test_the_chat_prompt_is_the_trained_prompt(tuned):

@@ -13,20 +13,16 @@ Built once per process (``functools.lru_cache``) and shared by test_infill.py an
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Dict, List
 
-import torch
 
 from megadfm.data.batch import batch_from_documents
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import dfm_loss
-from megadfm.dfm.schedulers import make_scheduler
-from megadfm.dfm.time_sampling import sample_times
 from megadfm.eval.infill import InfillTask, build_infill_tasks, held_out_files, stdlib_root
 from megadfm.model import ModelConfig, Qwen3DFM
 from megadfm.tokens import ENDOFTEXT_TOKEN_ID
+from tests.dfm.helpers import memorize
 
 STEPS, COPIES, LR, SEED = 300, 8, 5e-3, 0
 PARTIAL_STEPS = 40  # a snapshot between fresh and memorised: its CE varies with the mask ratio
@@ -77,26 +73,13 @@ def overfit_model(tokenizer) -> Overfit:
     model = Qwen3DFM(model_cfg, seed=SEED)
     # eps 0.05 bounds the 1/r weight (20): memorisation is what is tested, not the r -> 0 tail.
     dfm = DFMConfig(scheduler="linear", prefix_mask_prob=0.5, mask_ratio_eps=0.05)
-    scheduler = make_scheduler(dfm)
     batch = batch_from_documents(docs * COPIES, pad_token_id=eod)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, STEPS) / STEPS)))
-    gen = torch.Generator().manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from a 2nd thread on a busy machine
     partial = Qwen3DFM(model_cfg, seed=SEED)
-    try:
-        for step in range(STEPS):
-            if step == PARTIAL_STEPS:
-                partial.load_state_dict(model.state_dict())
-            t = sample_times(len(docs) * COPIES, dfm, scheduler, generator=gen)
-            out = dfm_loss(model, batch, t, dfm, scheduler, gen, pad_token_id=eod)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            schedule.step()
-    finally:
-        torch.set_num_threads(threads)
+
+    def snapshot(step: int) -> None:
+        if step == PARTIAL_STEPS:
+            partial.load_state_dict(model.state_dict())
+
+    memorize(model, batch, dfm, STEPS, LR, SEED, eod, on_step=snapshot)
     return Overfit(model.eval(), Qwen3DFM(model_cfg, seed=SEED + 1).eval(), partial.eval(), dfm, tasks, docs, vocab, compact, mask_id, eod,
                    tokenizer)

@@ -18,6 +18,15 @@ import pytest
 from tests.conftest import REPO
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
+
+
+def _tool_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 TASKS = ("humaneval", "infill", "likelihood")
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
             head_dim=8, max_position_embeddings=512)
@@ -116,14 +125,15 @@ def test_evaluation_during_two_process_training_and_export_identity(tmp_path, st
         assert json.load(f)["model"]["source"]["step"] == 2
 
     # an HF export of that checkpoint is the same model to the evaluator: same weights hash, same bound
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_megadfm_to_hf.py"), "--ckpt", run_dir, "--out",
-                    str(tmp_path / "hf")], check=True, capture_output=True, cwd=REPO)
+    # (the tool's main() in this process: its command-line path is the other tests' subject)
+    from megadfm.conversion.export import export_to_hf
+
+    export_to_hf(run_dir, str(tmp_path / "hf"))
+    evaluate_tool = _tool_module()
     out = {}
     for name, src in (("ckpt", run_dir), ("hf", str(tmp_path / "hf"))):
-        proc = subprocess.run([sys.executable, TOOL, "--model", src, "--tasks", "likelihood", "--documents", "2", "--points", "2",
-                               "--data", stdlib_prefix, "--out", str(tmp_path / f"e_{name}"), "--no-progress"], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert evaluate_tool.main(["--model", src, "--tasks", "likelihood", "--documents", "2", "--points", "2",
+                                   "--data", stdlib_prefix, "--out", str(tmp_path / f"e_{name}"), "--no-progress"]) == 0
         (label,) = os.listdir(tmp_path / f"e_{name}")
         with open(tmp_path / f"e_{name}" / label / "likelihood.json") as f:
             out[name] = json.load(f)
