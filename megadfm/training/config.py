@@ -8,6 +8,37 @@ from typing import List, Literal, Optional
 from megadfm.config_base import doc, require
 
 
+LR_RULE_GROUPS = ("embeddings", "backbone", "head", "time_conditioning")
+
+
+@dataclass
+class LRMultiplierRule:
+    """One learning-rate multiplier for the parameters it matches (training.lr_multipliers; first match wins)."""
+
+    multiplier: float = doc(help="Factor on training.lr (and on the schedule) for the matched parameters, > 0.")
+    group: Optional[str] = doc(None, "Parameter group the rule applies to: embeddings, backbone, head or time_conditioning "
+                                     "(null: any).")
+    layers: Optional[List[int]] = doc(None, "[first, last] decoder layer indices, inclusive: only parameters under "
+                                            "layers.N. with first <= N <= last (null: any layer, and non-layer parameters).")
+    match: Optional[str] = doc(None, "Substring the parameter name must contain, e.g. mlp, self_attn, adaln (null: any).")
+
+    def __post_init__(self) -> None:
+        require(self.multiplier > 0, "multiplier", f"must be positive, got {self.multiplier}")
+        require(self.group is None or self.group in LR_RULE_GROUPS, "group",
+                f"unknown group {self.group!r}; allowed: {', '.join(LR_RULE_GROUPS)} (or null)")
+        if self.layers is not None:
+            require(len(self.layers) == 2 and 0 <= self.layers[0] <= self.layers[1], "layers",
+                    f"must be [first, last] with 0 <= first <= last, got {self.layers}")
+
+    def describe(self) -> str:
+        parts = [self.group or "any group"]
+        if self.layers is not None:
+            parts.append(f"layers {self.layers[0]}-{self.layers[1]}")
+        if self.match:
+            parts.append(f"'{self.match}'")
+        return " ".join(parts)
+
+
 @dataclass
 class TrainingConfig:
     """Optimiser, schedule, batch arithmetic and the DeepSpeed engine."""
@@ -28,6 +59,11 @@ class TrainingConfig:
     adam_eps: float = doc(1e-8, "AdamW epsilon.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm to this value (0 disables).")
     time_conditioning_lr_mult: float = doc(1.0, "LR multiplier for the time-conditioning parameter group.")
+    lr_multipliers: List[LRMultiplierRule] = doc(
+        help="Layer-wise LR multipliers (e.g. a lower rate for the pretrained FFN weights when adapting an AR model, as "
+             "RND1 describes): rules by group, layer range and name substring; the first matching rule gives a parameter's "
+             "factor (times time_conditioning_lr_mult for that group). Every rule must match a parameter. Each distinct "
+             "factor is its own optimizer group, logged at start-up with its lr.", factory=list)
     seed: int = doc(1234, "Seed of model init, t sampling and masking (per rank offset added).")
     zero_stage: int = doc(3, "DeepSpeed ZeRO stage 0-3.")
     ds_config: str = doc("ds_configs/cpu_zero3.json", "DeepSpeed JSON config; batch sizes and optimizer fields are filled from this YAML.")

@@ -61,3 +61,55 @@ def test_ds_template_with_conflicting_batch_size_is_rejected(tmp_path):
         build_ds_config(training(ds_config=str(opt)), dp_world_size=1)
     with pytest.raises(ConfigError, match="DeepSpeed config file not found"):
         build_ds_config(training(ds_config=str(tmp_path / "missing.json")), dp_world_size=1)
+
+
+SMALL = ["model.vocab_size=512", "model.mask_token_id=500", "model.num_hidden_layers=4", "model.hidden_size=64",
+         "model.intermediate_size=128", "data.eod_token_id=0", "data.pad_token_id=0", "training.lr=1e-3",
+         "training.time_conditioning_lr_mult=2.0"]
+
+
+def lr_of(model, groups):
+    """parameter name -> lr of its group."""
+    return {n: next(g["lr"] for g in groups if any(p is q for q in g["params"])) for n, p in model.named_parameters()}
+
+
+def test_layer_wise_lr_rules_first_match_wins_and_are_logged(caplog):
+    rules = ("training.lr_multipliers=[{multiplier: 0.1, group: backbone, layers: [0, 1], match: mlp}, "
+             "{multiplier: 0.5, group: backbone, layers: [0, 2]}, {multiplier: 3.0, group: time_conditioning, match: adaln}]")
+    cfg = load_config(None, SMALL + [rules])
+    model = Qwen3DFM(cfg.model, seed=0)
+    with caplog.at_level("INFO", logger="megadfm.training.optim"):
+        lr = lr_of(model, build_param_groups(model, cfg.training, model.parameter_group))
+    assert lr["layers.0.mlp.up_proj.weight"] == lr["layers.1.mlp.down_proj.weight"] == pytest.approx(1e-4)
+    assert lr["layers.2.mlp.up_proj.weight"] == pytest.approx(5e-4)      # rule 2: layers 0-2, any backbone weight
+    assert lr["layers.1.self_attn.q_proj.weight"] == pytest.approx(5e-4)
+    assert lr["layers.3.mlp.up_proj.weight"] == lr["norm.weight"] == lr["embed_tokens.weight"] == pytest.approx(1e-3)
+    adaln = next(n for n in lr if "adaln" in n)
+    assert lr[adaln] == pytest.approx(1e-3 * 2.0 * 3.0)  # times time_conditioning_lr_mult
+    time_mlp = next(n for n in lr if model.parameter_group(n) == "time_conditioning" and "adaln" not in n)
+    assert lr[time_mlp] == pytest.approx(2e-3)  # time conditioning without a rule: its own multiplier only
+    logged = caplog.text
+    assert "model/decay/x0.1 [backbone layers 0-1 'mlp']" in logged and "lr=0.0001" in logged
+    assert "x3 [time_conditioning 'adaln']" in logged
+
+
+@pytest.mark.parametrize("rule, fragment", [
+    ("{multiplier: 0.1, group: backbone, layers: [7, 9]}", "matching no parameter: backbone layers 7-9"),
+    ("{multiplier: 0.1, match: mpl}", "matching no parameter: any group 'mpl'"),
+])
+def test_a_rule_that_matches_nothing_is_an_error(rule, fragment):
+    cfg = load_config(None, SMALL + [f"training.lr_multipliers=[{rule}]"])
+    model = Qwen3DFM(cfg.model, seed=0)
+    with pytest.raises(ConfigError, match="training.lr_multipliers") as e:
+        build_param_groups(model, cfg.training, model.parameter_group)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("rule, key", [
+    ("{multiplier: 0}", "multiplier"), ("{multiplier: 1.0, group: ffn}", "group"),
+    ("{multiplier: 1.0, layers: [3, 1]}", "layers"),
+])
+def test_bad_rules_are_refused_at_load(rule, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, SMALL + [f"training.lr_multipliers=[{rule}]"])
+    assert key in str(e.value)
