@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Convert a local Hugging Face Qwen3 folder into a megadfm init folder (training.init_from).
+"""Convert a local Hugging Face Qwen3 (or CoDA) folder into a megadfm init folder (training.init_from).
 
     python tools/convert_hf_to_megadfm.py --hf /models/Qwen3-1.7B --out artifacts/init/qwen3_1p7b
     python tools/convert_hf_to_megadfm.py --hf DIR --out OUT --time-conditioning adaln_single --tokenizer artifacts/tokenizer/qwen3
 
-Reads config.json (model_type qwen3) and the weights (model.safetensors, safetensors shards with
+Reads config.json (model_type qwen3, or CoDA: Salesforce's bidirectional Qwen3 diffusion LM, imported with
+bidirectional attention and its trained mask row; any other model_type is refused with the supported list)
+and the weights (model.safetensors, safetensors shards with
 model.safetensors.index.json, or pytorch_model*.bin), checks every name and shape against the one
 HF <-> megadfm table (megadfm/conversion/name_map.py) before writing anything, then streams the
 tensors one at a time into OUT (a 1.7B model never sits in memory twice):

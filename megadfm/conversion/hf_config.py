@@ -1,4 +1,4 @@
-"""config.json <-> ModelConfig: a Qwen3 config.json in, a Qwen3 or megadfm config.json out.
+"""config.json <-> ModelConfig: a Qwen3 (or CoDA) config.json in, a Qwen3 or megadfm config.json out.
 
 Which fields travel is marked once on ModelConfig (megadfm/model/config.py): ``qwen3`` for the
 fields transformers' Qwen3Config shares by name and meaning, ``hf`` for those megadfm's own export
@@ -16,6 +16,13 @@ from megadfm.config_base import fields_tagged
 from megadfm.conversion.name_map import ConversionError
 from megadfm.model.config import HF, QWEN3, ModelConfig
 
+SUPPORTED_MODEL_TYPES = {
+    "qwen3": "Qwen3 dense models (Qwen3ForCausalLM)",
+    "CoDA": "Salesforce CoDA: a bidirectional Qwen3 diffusion LM with Qwen3's tensor names and a trained <|mask|> "
+            "(mask_token_id in config.json)",
+}
+"""config.json model_type values that import, and what they are. Dream (Qwen2.5: attention biases, no q/k norms)
+is not among them: its q/k/v biases fit, but Qwen2.5 has no q_norm / k_norm, which megadfm's attention always applies."""
 QWEN3_OPTIONAL = ("head_dim", "attention_bias", "initializer_range")
 """Qwen3 fields a config.json may leave out (transformers has defaults that equal ModelConfig's)."""
 
@@ -25,10 +32,12 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
     (attention_mode, time_conditioning, kernels, ...). Anything the model does not implement is
     rejected by name rather than silently ignored."""
     model_type = hf_config.get("model_type")
-    if model_type != "qwen3":
-        raise ConversionError(f"config.json model_type is {model_type!r}; megadfm converts Qwen3 dense models only "
-                              "(model_type 'qwen3')")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = "; ".join(f"{k!r} ({v})" for k, v in SUPPORTED_MODEL_TYPES.items())
+        raise ConversionError(f"config.json model_type is {model_type!r}; supported model types: {supported}")
     problems = []
+    if model_type == "CoDA" and "mask_token_id" not in hf_config:
+        problems.append("no mask_token_id (a CoDA config.json names its trained mask token)")
     if hf_config.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {hf_config['hidden_act']!r} (only 'silu' / SwiGLU is implemented)")
     if hf_config.get("use_sliding_window"):
@@ -57,6 +66,8 @@ def model_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Mode
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConversionError(f"unknown ModelConfig override(s) {unknown}; valid: {sorted(known)}")
+    if model_type == "CoDA":  # CoDA attends bidirectionally and has no t: the same function needs no time conditioning
+        kwargs.update(attention_mode="bidirectional")
     kwargs.update(overrides)
     return ModelConfig(**kwargs)
 

@@ -68,7 +68,7 @@ def test_wrong_shape(tmp_path, hf_model):
 def test_non_qwen3_config(tmp_path, hf_model):
     src = save_hf_folder(hf_model, str(tmp_path / "hf"))
     write_config_json(src, dict(config_json(src), model_type="llama"))
-    with pytest.raises(ConversionError, match="model_type is 'llama'; megadfm converts Qwen3 dense models only"):
+    with pytest.raises(ConversionError, match="model_type is 'llama'; supported model types: 'qwen3'"):
         convert_hf_to_megadfm(src, str(tmp_path / "out"))
     assert_nothing_written(tmp_path)
 
