@@ -55,6 +55,10 @@ class MegaDFMConfig:
         require(self.data.format != "sft" or self.dfm.truncate_suffix_prob == 0.0, "dfm.truncate_suffix_prob",
                 f"must be 0 with data.format: sft (got {self.dfm.truncate_suffix_prob}): a cut SFT row loses its "
                 "response's end or its prompt")
+        require(self.dfm.attention_anneal_steps == 0 or (self.model.attention_mode == "bidirectional"
+                                                         and self.dfm.objective == "dfm"), "dfm.attention_anneal_steps",
+                "anneals a model towards bidirectional attention: needs model.attention_mode: bidirectional and "
+                f"dfm.objective: dfm (got {self.model.attention_mode}, {self.dfm.objective})")
         require(self.dfm.objective != "ar" or self.model.attention_mode == "causal", "model.attention_mode",
                 f"must be causal with dfm.objective: ar (a bidirectional model would see the token it predicts), got "
                 f"{self.model.attention_mode}")

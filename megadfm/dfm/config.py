@@ -43,6 +43,10 @@ class DFMConfig:
         "(B*L for packed batches; CoDA, LLaDA); masked: the number of scored (masked) tokens; all_positions: B*L, "
         "padding included; response_length (SFT batches only): each row by B times its response tokens, LLaDA's SFT "
         "loss.", choices=LOSS_NORMALIZERS)
+    attention_anneal_steps: int = doc(
+        0, "Anneal attention from causal to bidirectional over this many optimizer steps (DiffuLLaMA's recipe when "
+           "adapting an AR model; 0: off). At step s the model sees every earlier key of its document and each later one "
+           "with probability (s-1)/N, never across documents or padding (megadfm/model/attention_anneal.py).")
     shift_logits: bool = doc(True, "Output at position i predicts token i+1 within its document (reuses the AR head, as CoDA and Dream); "
         "the first token of each document is then never masked. One function applies it: megadfm/dfm/shift.py.")
     prefix_mask_prob: float = doc(0.0, "CoDA strategy: probability a sequence gets an unmaskable prefix of length uniform in [1, n-1] (n real tokens).")
@@ -59,6 +63,7 @@ class DFMConfig:
             v = getattr(self, name)
             require(0.0 <= v <= 1.0, name, f"is a probability and must be in [0, 1], got {v}")
         require(self.block_mask_size > 0, "block_mask_size", f"must be positive, got {self.block_mask_size}")
+        require(self.attention_anneal_steps >= 0, "attention_anneal_steps", f"must be >= 0, got {self.attention_anneal_steps}")
         if self.objective == "ar":  # the AR loss is fixed (mean next-token CE); settings it would ignore are refused
             for name, wanted in (("loss_weighting", "none"), ("loss_normalizer", "masked"), ("shift_logits", True),
                                  ("prefix_mask_prob", 0.0), ("truncate_suffix_prob", 0.0), ("block_mask_prob", 0.0)):

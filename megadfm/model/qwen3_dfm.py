@@ -17,6 +17,7 @@ Parameter names are HF Qwen3's minus ``model.`` (see megadfm/conversion/name_map
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Dict, Optional, Tuple
 
@@ -28,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 from megadfm.model import block_forward
 from megadfm.model.config import ModelConfig
 from megadfm.model.kernels import KernelSet, select_kernels
-from megadfm.model.kernels.attention import AttentionLayout
+from megadfm.model.attention_anneal import AttentionAnneal
+from megadfm.model.kernels.attention import AttentionLayout, attention_torch
 from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
 from megadfm.model.kernels.rotary import rotary_cos_sin
 from megadfm.model.kv_cache import KVCache, Positions
@@ -134,6 +136,9 @@ class Qwen3DFM(nn.Module):
         self.adaln_single = AdaLNProjection(cfg.hidden_size, init) if cfg.time_conditioning == "adaln_single" else None
         self.activation_checkpointing = cfg.activation_checkpointing
         self._kernels: Dict[str, KernelSet] = {}
+        # set per step by the training's AttentionAnnealCallback while dfm.attention_anneal_steps lasts; None: the
+        # model attends as attention_mode says (never saved: the step alone determines it)
+        self.attention_anneal: Optional[AttentionAnneal] = None
         # resolve now for the device training will use, so the choice (or the error) comes first in the log
         self.kernels_for(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -210,8 +215,14 @@ class Qwen3DFM(nn.Module):
         if L > cfg.max_position_embeddings:
             raise ValueError(f"sequence length {L} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
         kernels = self.kernels_for(input_ids.device)
-        layout = AttentionLayout(B, L, input_ids.device, cfg.attention_mode == "causal", cu_seqlens, max_seqlen,
-                                 attention_mask, varlen=kernels.attention_is_varlen)
+        anneal = self.attention_anneal if cfg.attention_mode == "bidirectional" else None
+        if anneal is not None:  # causal + a fraction of future keys: an explicit mask (megadfm/model/attention_anneal.py)
+            kernels = self._annealing_kernels(kernels)
+            layout = AttentionLayout(B, L, input_ids.device, True, cu_seqlens, max_seqlen, attention_mask,
+                                     future_visible=anneal.future_visible(B, L, input_ids.device))
+        else:
+            layout = AttentionLayout(B, L, input_ids.device, cfg.attention_mode == "causal", cu_seqlens, max_seqlen,
+                                     attention_mask, varlen=kernels.attention_is_varlen)
         if position_ids is None:
             position_ids = layout.segment_positions() if cu_seqlens is not None else \
                 torch.arange(L, device=input_ids.device).expand(B, L)
@@ -224,6 +235,17 @@ class Qwen3DFM(nn.Module):
             else:
                 x = layer(x, cos, sin, layout, kernels, cond)
         return self.norm(x, kernels)
+
+    def _annealing_kernels(self, kernels: KernelSet) -> KernelSet:
+        """The kernel set with torch's SDPA attention (the annealing mask is explicit; flash varlen takes none)."""
+        if not kernels.attention_is_varlen:
+            return kernels
+        key = f"{kernels.device_type}:annealing"
+        if key not in self._kernels:
+            logger.info("attention annealing: torch SDPA with a dense mask instead of %s while the anneal lasts",
+                        kernels.chosen.get("attention", "the fused attention"))
+            self._kernels[key] = dataclasses.replace(kernels, attention=attention_torch, attention_is_varlen=False)
+        return self._kernels[key]
 
     def _time_condition(self, t: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
         if self.time_embedding is None:

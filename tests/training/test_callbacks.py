@@ -80,3 +80,11 @@ def test_step_log_off_writes_no_step_file(tmp_path):
     run_tiny_training(str(tmp_path / "run"), steps=1, log_interval=1, step_log=False)
     assert not os.path.exists(tmp_path / "run" / "telemetry" / "train_steps.jsonl")
     assert json.loads((tmp_path / "run" / "telemetry" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+def test_attention_annealing_runs_in_the_real_trainer(tmp_path):
+    """dfm.attention_anneal_steps: 2 in a real (1-process DeepSpeed) run: the fraction of visible future keys is
+    0, 0.5, then bidirectional (logged as attention/future_fraction), and training proceeds."""
+    run = run_tiny_training(str(tmp_path / "run"), steps=3, log_interval=1, dfm={"attention_anneal_steps": 2})
+    assert [r["attention/future_fraction"] for r in run["records"]] == [0.0, 0.5, 1.0]
+    assert all(r["train/loss"] > 0 for r in run["records"])

@@ -125,14 +125,15 @@ def _train_worker(rank: int, world_size: int, run_cfg: MegaDFMConfig, corrupt_st
 
 def run_tiny_training(run_dir: str, steps: int = 40, corrupt_steps: Sequence[int] = (), cfg: Optional[TelemetryConfig] = None,
                       log_interval: int = 5, eval_interval: int = 0, snapshot_steps: Sequence[int] = (),
-                      extra_callbacks: Sequence[Callback] = (), **training) -> dict:
+                      extra_callbacks: Sequence[Callback] = (), dfm: Optional[dict] = None, **training) -> dict:
     """Train the tiny model with the real Trainer in one spawned gloo process; returns what the tests check
     against (plus the metrics.jsonl records as ``records`` / ``val``, and ``extra``: the extra callbacks as
-    they were at the end of the run). ``training`` overrides TrainingConfig fields."""
+    they were at the end of the run). ``training`` overrides TrainingConfig fields, ``dfm`` DFMConfig fields."""
     cfg = cfg or TelemetryConfig(wandb="disabled", log_spaced_low_buckets=2, spike_window=30, spike_warmup=10,
                                  spike_action="skip_step", spike_min_bucket_tokens=16)
     run_cfg = tiny_run_config(run_dir, steps, cfg, log_interval, eval_interval)
     run_cfg.training = dataclasses.replace(run_cfg.training, **training)
+    run_cfg.dfm = dataclasses.replace(run_cfg.dfm, **(dfm or {}))
     (out,) = run_distributed(_train_worker, world_size=1, args=(run_cfg, list(corrupt_steps), list(snapshot_steps),
                                                                 list(extra_callbacks)), timeout=600)
     assert out["status"] == 0

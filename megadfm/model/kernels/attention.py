@@ -52,6 +52,8 @@ class AttentionLayout:
     Args:
         batch_size, seq_len: the [B, L] shape of the batch.
         causal: attend to keys j <= i only (AR parity / warm-up) instead of bidirectionally.
+        future_visible: bool [B, L, L], with causal: future keys (j > i) that are visible too
+            (attention annealing; forces the dense torch form).
         cu_seqlens: int [N+1] boundaries over the flattened B*L tokens (documents and padding runs
             are segments; every row start b*L must be a boundary). None: one segment per row.
         max_seqlen: longest segment (computed when None).
@@ -67,8 +69,14 @@ class AttentionLayout:
     def __init__(self, batch_size: int, seq_len: int, device: torch.device, causal: bool,
                  cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
                  attention_mask: Optional[torch.Tensor] = None, varlen: bool = False,
-                 per_segment: Optional[bool] = None):
+                 per_segment: Optional[bool] = None, future_visible: Optional[torch.Tensor] = None):
         self.batch_size, self.seq_len, self.causal = batch_size, seq_len, causal
+        if future_visible is not None:  # attention annealing: an explicit mask, so the dense torch form
+            if not causal or varlen or tuple(future_visible.shape) != (batch_size, seq_len, seq_len):
+                raise ValueError("future_visible (attention annealing) needs causal=True, varlen=False and shape "
+                                 f"[B, L, L] = [{batch_size}, {seq_len}, {seq_len}], got {tuple(future_visible.shape)}")
+            per_segment = False
+        self.future_visible = future_visible
         total = batch_size * seq_len
         if cu_seqlens is not None:
             cu_seqlens = _check_cu_seqlens(cu_seqlens, batch_size, seq_len).to(device)
@@ -94,7 +102,7 @@ class AttentionLayout:
         """Pick and build the torch form (plain, per-segment or dense mask); log each choice once."""
         B, L = self.batch_size, self.seq_len
         lengths = [L] * B if self.cu_seqlens is None else (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
-        if len(lengths) == B and self.key_valid is None:
+        if len(lengths) == B and self.key_valid is None and self.future_visible is None:
             return  # plain rows (cu_seqlens, if any, are just the row starts)
         if per_segment is None:
             per_segment = per_segment_is_cheaper(lengths, B, L)
@@ -143,7 +151,10 @@ class AttentionLayout:
         if self.key_valid is not None:
             allowed = allowed & self.key_valid[:, None, :]
         if self.causal:
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=device).tril()
+            visible = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+            if self.future_visible is not None:  # annealing: some future keys too (megadfm/model/attention_anneal.py)
+                visible = visible | self.future_visible
+            allowed = allowed & visible
         # a query with no visible key (padding under attention_mask) sees itself instead of NaN
         allowed = allowed | torch.eye(L, dtype=torch.bool, device=device)
         return allowed[:, None]

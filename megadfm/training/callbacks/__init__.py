@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, List
 
+from megadfm.training.callbacks.attention_anneal import AttentionAnnealCallback
 from megadfm.training.callbacks.base import Callback, CallbackList, MicroBatch, StepState
 from megadfm.training.callbacks.checkpointing import CheckpointCallback
 from megadfm.training.callbacks.evaluation import EvaluationCallback
@@ -28,8 +29,8 @@ def default_callbacks(trainer: "Trainer") -> List[Callback]:
     step's scalars before telemetry logs them; telemetry judges the spike before the policy acts on it;
     the step log is written before validation and checkpointing, which may take a while."""
     cfg = trainer.cfg
-    callbacks: List[Callback] = [ThroughputCallback(), TelemetryCallback(trainer),
-                                 StepPolicyCallback(cfg.training.nonfinite_policy)]
+    callbacks: List[Callback] = [AttentionAnnealCallback(trainer)] if cfg.dfm.attention_anneal_steps else []
+    callbacks += [ThroughputCallback(), TelemetryCallback(trainer), StepPolicyCallback(cfg.training.nonfinite_policy)]
     if cfg.training.step_log:
         callbacks.append(StepLogCallback())
     callbacks += [ValidationCallback(trainer), EvaluationCallback(trainer), CheckpointCallback(cfg.checkpoint.save_interval)]
