@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install tokenizer demo eval-demo sft-demo test bench clean help
+.PHONY: install tokenizer demo eval-demo sft-demo ar2dfm test bench clean help
 
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
@@ -31,6 +31,7 @@ help:
 	@echo "              BENCH_CONVERT=1 make bench adds the conversion bench, which needs ~13 GB of disk)"
 	@echo "make eval-demo - evaluate the demo model (HumanEval, infill, likelihood) next to an AR baseline"
 	@echo "make sft-demo  - fine-tune the demo model on the stdlib instruction set (chat format), evaluate held-out instructions"
+	@echo "make ar2dfm    - the AR -> DFM experiment (examples/ar_to_dfm/): AR pretrain, export, convert, 4 DFM runs, report (~45 min)"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,9 @@ sft-demo: demo
 # Two pytest workers (one per CI core): most tests are single-threaded, so one process leaves a core idle.
 # --dist loadfile keeps each file, and its module-scoped training runs, in one worker. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
+
+ar2dfm: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) examples/ar_to_dfm/run.py
 
 test: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests \

@@ -46,9 +46,9 @@ RUNS = {  # name: (init from the converted AR model?, overrides)
     "dfm_from_ar_noshift": (True, {"dfm.shift_logits": False}),
     "dfm_from_ar_anneal": (True, {"dfm.attention_anneal_steps": "QUARTER"}),
 }
-SIZES = {  # ar steps, dfm steps, validation interval, eval limit, eval documents, nproc
-    "full": dict(ar_steps=400, dfm_steps=210, val_interval=15, eval_limit=64, documents=32, nproc=2),
-    "mini": dict(ar_steps=3, dfm_steps=4, val_interval=2, eval_limit=2, documents=2, nproc=1),
+SIZES = {  # steps, validation interval and batches, evaluation problems / documents / ELBO points, processes
+    "full": dict(ar_steps=400, dfm_steps=210, val_interval=15, val_batches=2, eval_limit=64, documents=32, points=8, nproc=2),
+    "mini": dict(ar_steps=2, dfm_steps=2, val_interval=2, val_batches=1, eval_limit=1, documents=1, points=2, nproc=1),
 }
 
 
@@ -113,7 +113,7 @@ def export_and_convert(work: str, ar_dir: str) -> str:
     return init
 
 
-def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int) -> Dict[str, Dict]:
+def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int, points: int) -> Dict[str, Dict]:
     """infill + likelihood of every DFM run (tools/evaluate.py, one pinned sampler); cached per run."""
     import importlib.util
 
@@ -127,7 +127,7 @@ def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int) ->
         if not all(os.path.isfile(f) for f in files.values()):
             log(f"eval: {name} (infill {limit} tasks, likelihood {documents} documents, sampler euler-16)")
             code = tool.main(["--model", run_dir, "--tasks", "infill", "likelihood", "--limit", str(limit),
-                              "--documents", str(documents), "--points", "8", "--sampler", "euler-16", "--out", out,
+                              "--documents", str(documents), "--points", str(points), "--sampler", "euler-16", "--out", out,
                               "--no-progress"])
             if code != 0:
                 raise SystemExit(f"ar2dfm: evaluation of {name} failed (exit {code})")
@@ -188,14 +188,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--work", default=os.path.join(REPO, "runs", "ar_to_dfm"), help="Work folder (runs, exports, report).")
     p.add_argument("--mini", action="store_true", help="A few steps per stage, one process (the test miniature).")
     p.add_argument("--nproc", type=int, default=None, help="Processes per training stage (default: 2; --mini: 1).")
+    p.add_argument("--data", default=None, metavar="PREFIX",
+                   help="An indexed dataset prefix (..._text_document) instead of the tokenized standard library "
+                        "(artifacts/data/stdlib_text_document, built when missing).")
     args = p.parse_args(argv)
     size = dict(SIZES["mini" if args.mini else "full"])
     if args.nproc is not None:
         size["nproc"] = args.nproc
     os.makedirs(args.work, exist_ok=True)
     started = time.time()
-    ensure_data()
-    common = {"training.eval_interval": size["val_interval"], "checkpoint.save_interval": size["val_interval"] * 4}
+    common = {"training.eval_interval": size["val_interval"], "training.eval_batches": size["val_batches"],
+              "checkpoint.save_interval": size["val_interval"] * 4}
+    if args.data:
+        common["data.blend"] = json.dumps([{"prefix": os.path.abspath(args.data), "weight": 1.0}])
+    else:
+        ensure_data()
     ar_dir = train("ar", args.work, size["ar_steps"], {**AR, **common}, size["nproc"])
     init = export_and_convert(args.work, ar_dir)
     run_dirs = {}
@@ -204,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if from_ar:
             overrides["training.init_from"] = init
         run_dirs[name] = train(name, args.work, size["dfm_steps"], {**common, **overrides}, size["nproc"])
-    evals = evaluate(args.work, run_dirs, size["eval_limit"], size["documents"])
+    evals = evaluate(args.work, run_dirs, size["eval_limit"], size["documents"], size["points"])
     report(args.work, run_dirs, evals, size)
     log(f"done in {time.time() - started:.0f} s")
     return 0
