@@ -20,7 +20,7 @@ training stages resume from their last checkpoint):
 
 Deterministic given the seed (base.yaml's training.seed; data order and t come from it). Sizes
 (full): hidden 64, 2 layers, the real 151,936-token vocabulary, 128-token rows, 4 per rank, 2
-ranks; AR 400 steps; each DFM run 210 steps with validation every 15.
+ranks; AR 300 steps; each DFM run 180 steps; validation (one batch per mask-ratio bucket) every 30 steps.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ RUNS = {  # name: (init from the converted AR model?, overrides)
     "dfm_from_ar_anneal": (True, {"dfm.attention_anneal_steps": "QUARTER"}),
 }
 SIZES = {  # steps, validation interval and batches, evaluation problems / documents / ELBO points, processes
-    "full": dict(ar_steps=400, dfm_steps=210, val_interval=15, val_batches=2, eval_limit=64, documents=32, points=8, nproc=2),
+    "full": dict(ar_steps=300, dfm_steps=180, val_interval=30, val_batches=1, eval_limit=64, documents=32, points=8, nproc=2),
     "mini": dict(ar_steps=2, dfm_steps=2, val_interval=2, val_batches=1, eval_limit=1, documents=1, points=2, nproc=1),
 }
 
