@@ -136,6 +136,7 @@ def no_deepspeed_shm_buffers_left():
 # idled for a minute while the other ran test_engine.py).
 SLOW_FILES_FIRST = (
     "tests/training/test_checkpoint_reliability.py",  # 169
+    "tests/examples/test_ar_to_dfm_mini.py",          # 123
     "tests/training/test_engine.py",                  # ~150
     "tests/training/test_engine_resume.py",           # ~130
     "tests/eval/test_evaluate_tool.py",               # 88

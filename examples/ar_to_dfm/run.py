@@ -114,24 +114,29 @@ def export_and_convert(work: str, ar_dir: str) -> str:
 
 
 def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int, points: int) -> Dict[str, Dict]:
-    """infill + likelihood of every DFM run (tools/evaluate.py, one pinned sampler); cached per run."""
+    """infill + likelihood of every DFM run (tools/evaluate.py, one pinned sampler, one call for all runs not yet
+    evaluated: the task set is built once); results are cached per run."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(REPO, "tools", "evaluate.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    out = os.path.join(work, "eval")
+    files = {name: {t: os.path.join(out, f"dfm_{name}", f"{t}.json") for t in ("infill", "likelihood")} for name in run_dirs}
+    todo = [name for name in run_dirs if not all(os.path.isfile(f) for f in files[name].values())]
+    if todo:
+        spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(REPO, "tools", "evaluate.py"))
+        tool = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tool)
+        log(f"eval: {', '.join(todo)} (infill {limit} tasks, likelihood {documents} documents, sampler euler-16)")
+        models = [a for name in todo for a in ("--model", run_dirs[name])]
+        code = tool.main([*models, "--tasks", "infill", "likelihood", "--limit", str(limit), "--documents", str(documents),
+                          "--points", str(points), "--sampler", "euler-16", "--out", out, "--no-progress"])
+        if code != 0:
+            raise SystemExit(f"ar2dfm: evaluation failed (exit {code})")
     results = {}
-    for name, run_dir in run_dirs.items():
-        out = os.path.join(work, "eval", name)
-        files = {t: os.path.join(out, f"dfm_{name}", f"{t}.json") for t in ("infill", "likelihood")}
-        if not all(os.path.isfile(f) for f in files.values()):
-            log(f"eval: {name} (infill {limit} tasks, likelihood {documents} documents, sampler euler-16)")
-            code = tool.main(["--model", run_dir, "--tasks", "infill", "likelihood", "--limit", str(limit),
-                              "--documents", str(documents), "--points", str(points), "--sampler", "euler-16", "--out", out,
-                              "--no-progress"])
-            if code != 0:
-                raise SystemExit(f"ar2dfm: evaluation of {name} failed (exit {code})")
-        results[name] = {t: json.load(open(f, encoding="utf-8")) for t, f in files.items()}
+    for name in run_dirs:
+        results[name] = {}
+        for task, path in files[name].items():
+            with open(path, encoding="utf-8") as f:
+                results[name][task] = json.load(f)
     return results
 
 
