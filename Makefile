@@ -59,7 +59,8 @@ sft-demo: demo
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 bash examples/sft_demo.sh
 
 # Two pytest workers (one per CI core): most tests are single-threaded, so one process leaves a core idle.
-# --dist loadfile keeps each file, and its module-scoped training runs, in one worker. TEST_WORKERS=0 runs serially.
+# --dist loadfile keeps each file, and its module-scoped training runs, in one worker; --no-loadscope-reorder keeps
+# the collection order (slowest files first, tests/conftest.py) instead of xdist's most-tests-first. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 
 ar2dfm: tokenizer
@@ -67,7 +68,7 @@ ar2dfm: tokenizer
 
 test: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests \
-		$(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+		$(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 bench: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 bash bench/run_all.sh
