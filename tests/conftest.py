@@ -128,32 +128,3 @@ def no_deepspeed_shm_buffers_left():
         os.remove(path)
     assert not left, f"the test left DeepSpeed shared-memory buffers behind: {left}"
 
-
-# The slowest files, slowest first (seconds, measured with --durations=0 on a 2-core machine, serially
-# summed per file; dominated by 2-rank DeepSpeed launches). `make test` runs two workers with --dist
-# loadfile --no-loadscope-reorder (xdist would otherwise put the files with the most tests first): a
-# worker takes the next whole file when it is free, so starting with the long files and ending with the
-# short ones lets both workers finish together (with the long files last, one worker idled for a minute
-# or two while the other ran test_engine.py).
-SLOW_FILES_FIRST = (
-    "tests/training/test_engine.py",                  # 125
-    "tests/training/test_checkpoint_reliability.py",  # 113
-    "tests/training/test_engine_resume.py",           # 105
-    "tests/examples/test_ar_to_dfm_mini.py",          # 89
-    "tests/conversion/test_export_trained.py",        # 74
-    "tests/training/test_kill_soak.py",               # 67
-    "tests/eval/test_evaluate_tool.py",               # 53
-    "tests/training/test_provenance.py",              # 52
-    "tests/dfm/test_overfit_regenerate.py",           # 51
-    "tests/conversion/test_diffusion_generate.py",    # 46
-    "tests/training/test_sft_resume.py",              # 42
-    "tests/eval/test_humaneval.py",                   # 33
-    "tests/dfm/test_sft_overfit_answer.py",           # 28
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Collection order with SLOW_FILES_FIRST moved to the front (a stable sort: within a file, and for every
-    other file, the order is unchanged). Every worker collects the same order, as xdist requires."""
-    rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
