@@ -179,16 +179,13 @@ def run_batch_file(args: argparse.Namespace, model, dfm, pad_token_id, tokenizer
 
 def run_chat(args: argparse.Namespace, loaded, device) -> int:
     """--chat: the evaluation's chat path (megadfm.eval.models.EvalModel.chat_prompt_ids), one batch."""
-    from megadfm.data.chat import reply_text
-
     loaded.chat_template = args.chat_template
     encoder = loaded.chat_encoder()
     cfg = sampler_config(args, eos=encoder.end_of_turn_id)
     messages = [_unescape(m) for m in args.chat]
     prompt_ids = [loaded.chat_prompt_ids(m, args.system) for m in messages]
     result = generate(loaded.model, prompt_ids, args.max_new_tokens, cfg, loaded.dfm, pad_token_id=loaded.pad_token_id)
-    replies = [reply_text(loaded.tokenizer.decode(tokens, skip_special_tokens=False), encoder.end_of_turn)
-               for tokens in result.tokens]
+    replies = [encoder.reply(tokens) for tokens in result.tokens]
     if args.json:
         rows = [{"chat": m, "system": args.system, "reply": r, "tokens": result.tokens[i],
                  "new_tokens": len(result.tokens[i]), "finished": result.finished[i]}

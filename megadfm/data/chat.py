@@ -236,6 +236,10 @@ class ChatEncoder:
     def generation_prompt_ids(self, messages: Sequence[Dict[str, str]]) -> List[int]:
         return self.encode_ids(self.generation_prompt(messages))
 
+    def reply(self, generated_ids: Sequence[int]) -> str:
+        """The answer in a generated response (special tokens kept visible, then :func:`reply_text`)."""
+        return reply_text(self.tokenizer.decode(list(generated_ids), skip_special_tokens=False), self.end_of_turn)
+
     def example(self, messages: Sequence[Dict[str, str]], location: str, turn: Optional[int] = None) -> ChatExample:
         """The example whose response is the last message (an assistant turn) of ``messages``."""
         turn = len(messages) - 1 if turn is None else turn

@@ -120,8 +120,6 @@ class EvalModel:
         without it and without the template's empty think block."""
         from dataclasses import replace
 
-        from megadfm.data.chat import reply_text
-
         encoder = self.chat_encoder()
         sampler = replace(self.sampler, eos_token_id=encoder.end_of_turn_id)
         out: List[str] = []
@@ -130,8 +128,7 @@ class EvalModel:
             rows = self._generate([self.chat_prompt_ids(m, system) for m in chunk], [max_new_tokens] * len(chunk), None,
                                   sampler)
             # a row that ends at EOS returns fewer tokens than its budget (EOS itself is not returned)
-            out += [(reply_text(self.tokenizer.decode(list(t), skip_special_tokens=False), encoder.end_of_turn),
-                     len(t) < max_new_tokens) for t in rows]
+            out += [(encoder.reply(t), len(t) < max_new_tokens) for t in rows]
         return out
 
     def fill(self, items: Sequence[Tuple[str, str, int]]) -> List[str]:

@@ -4,7 +4,7 @@ which fraction of future keys it sees (megadfm/model/attention_anneal.py); logge
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from megadfm.model.attention_anneal import AttentionAnneal, anneal_fraction, anneal_seed
 from megadfm.training.callbacks.base import Callback, MicroBatch, StepState
@@ -23,14 +23,15 @@ class AttentionAnnealCallback(Callback):
             logger.info("attention annealing: causal -> bidirectional over steps 1-%d (future keys visible with "
                         "probability (step-1)/%d); bidirectional from step %d", self.steps, self.steps, self.steps + 1)
 
-    def _set(self, trainer: "Trainer", step: int, micro: int) -> None:
+    def _set(self, trainer: "Trainer", step: int, micro: int) -> Optional[float]:
+        """Set the model's annealing for this micro-batch; returns the fraction (None: bidirectional)."""
         fraction = anneal_fraction(step, self.steps)
         trainer.module.model.attention_anneal = None if fraction is None else AttentionAnneal(
             fraction, anneal_seed(self.seed, step, trainer.rank, micro))
+        return fraction
 
     def pre_step(self, trainer: "Trainer", state: StepState) -> None:
-        self._set(trainer, state.step, 0)
-        fraction = anneal_fraction(state.step, self.steps)
+        fraction = self._set(trainer, state.step, 0)
         state.scalars["attention/future_fraction"] = 1.0 if fraction is None else fraction
 
     def post_micro_batch(self, trainer: "Trainer", micro: MicroBatch) -> None:
