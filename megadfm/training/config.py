@@ -68,7 +68,12 @@ class TrainingConfig:
     zero_stage: int = doc(3, "DeepSpeed ZeRO stage 0-3.")
     ds_config: str = doc("ds_configs/cpu_zero3.json", "DeepSpeed JSON config; batch sizes and optimizer fields are filled from this YAML.")
     precision: Literal["fp32", "bf16"] = doc("fp32", "fp32 on CPU; bf16 on GPU.")
-    zero_init: bool = doc(False, "With ZeRO-3, build the model under deepspeed.zero.Init so no rank ever holds all parameters.")
+    zero_init: bool = doc(True, "With ZeRO-3, build the model under deepspeed.zero.Init so no rank ever holds all parameters "
+                          "(false: each rank builds the whole model, and DeepSpeed partitions it at start-up).")
+    host_mmap_threshold_kib: int = doc(
+        64, "glibc's mmap threshold for host allocations, fixed at start-up, so that freed tensors go back to the OS instead "
+            "of staying resident in malloc's heaps (2.2 GiB per rank at the 0.6B shape on CPU; docs/MEMORY.md). 0: glibc's "
+            "dynamic default. Not glibc: ignored, with a log line.")
     init_from: Optional[str] = doc(None, "null: from scratch; a folder made by tools/convert_hf_to_megadfm.py; or a megadfm checkpoint dir.")
     exit_after_steps: Optional[int] = doc(
         None, "Stop this invocation (with a checkpoint) once this many optimizer steps have run in total, as Megatron's --exit-interval; the schedule still spans train_steps.")
@@ -92,6 +97,8 @@ class TrainingConfig:
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         require(self.time_conditioning_lr_mult > 0, "time_conditioning_lr_mult", f"must be positive, got {self.time_conditioning_lr_mult}")
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(0 <= self.host_mmap_threshold_kib <= 32768, "host_mmap_threshold_kib",
+                f"must be in [0, 32768] (glibc's limit on 64-bit), got {self.host_mmap_threshold_kib}")
         require(self.eval_interval >= 0, "eval_interval", f"must be >= 0, got {self.eval_interval}")
         if self.global_batch_size is not None:
             require(self.global_batch_size > 0, "global_batch_size", f"must be positive, got {self.global_batch_size}")

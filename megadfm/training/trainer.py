@@ -31,6 +31,9 @@ from megadfm.training.checkpoint import CheckpointManager
 from megadfm.training.ds_config import build_ds_config
 from megadfm.training.grad_norms import compute_grad_norms
 from megadfm.training.lr_schedule import lr_multiplier
+from megadfm.training.host_allocator import set_mmap_threshold
+from megadfm.training.memory import MemoryPhases, memory_log_path
+from megadfm.training.zero_memory import share_fp32_master_partitions
 from megadfm.training.optim import build_optimizer
 from megadfm.training.provenance import check_data_provenance, check_resume_provenance
 from megadfm.training.train_module import DFMTrainingModule
@@ -85,6 +88,9 @@ class Trainer:
                     self.global_batch, tcfg.micro_batch_size, tcfg.grad_accum_steps, world_size, cfg.data.seq_len)
 
         self.scheduler = make_scheduler(cfg.dfm)
+        set_mmap_threshold(tcfg.host_mmap_threshold_kib)  # before anything large is allocated
+        # peak and level of every start-up phase, logged and kept in telemetry/ (megadfm/training/memory.py)
+        self.memory = MemoryPhases(self.device, memory_log_path(self.out_dir, rank))
         model = self._build_model(deepspeed)
         self.module = DFMTrainingModule(model, cfg.dfm, self.scheduler, cfg.data.pad_token_id)
         if tcfg.zero_stage == 3:
@@ -103,12 +109,16 @@ class Trainer:
         lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, tcfg))
         self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
             model=self.module, optimizer=optimizer, lr_scheduler=lr_sched, config=self.ds_config)
+        if tcfg.zero_stage == 3:
+            share_fp32_master_partitions(self.engine.optimizer)
+        self.memory.mark("engine initialised")
 
         self.step = 0
         self.consumed_samples = 0
         self.callbacks = CallbackList(default_callbacks(self) + list(callbacks))
         if resume_from is not None:
             self._resume(resume_from)
+            self.memory.mark("checkpoint resumed")
         self.data = data_factory(cfg, rank, world_size, self.consumed_samples)
 
     # ---- set-up --------------------------------------------------------------------------------
@@ -119,6 +129,7 @@ class Trainer:
             logger.info("model.dtype float32 kept for master weights; DeepSpeed bf16 casts the module")
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=tcfg.zero_stage == 3 and tcfg.zero_init):
             model = Qwen3DFM(mcfg, seed=tcfg.seed)
+        self.memory.mark("model built")
         if mcfg.activation_checkpointing:
             logger.info("activation checkpointing: on (every block recomputed in backward)")
         src = tcfg.init_from
@@ -134,6 +145,7 @@ class Trainer:
             logger.info("initialisation: %s %s", what, source.path)
             check_architecture(source.model_config, mcfg, source.path)
             load_source(model, source)
+            self.memory.mark("init_from loaded")
         from megadfm.checkpoints.strict_load import fingerprint
 
         fp = fingerprint(model)

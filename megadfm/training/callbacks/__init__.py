@@ -12,6 +12,7 @@ from megadfm.training.callbacks.attention_anneal import AttentionAnnealCallback
 from megadfm.training.callbacks.base import Callback, CallbackList, MicroBatch, StepState
 from megadfm.training.callbacks.checkpointing import CheckpointCallback
 from megadfm.training.callbacks.evaluation import EvaluationCallback
+from megadfm.training.callbacks.memory import MemoryCallback
 from megadfm.training.callbacks.step_log import StepLogCallback
 from megadfm.training.callbacks.step_policy import StepPolicyCallback
 from megadfm.training.callbacks.telemetry import TelemetryCallback
@@ -27,9 +28,12 @@ __all__ = ["Callback", "CallbackList", "MicroBatch", "StepState", "default_callb
 def default_callbacks(trainer: "Trainer") -> List[Callback]:
     """The built-in callbacks in their fixed order. Order matters within a hook: throughput fills the
     step's scalars before telemetry logs them; telemetry judges the spike before the policy acts on it;
-    the step log is written before validation and checkpointing, which may take a while."""
+    the step log is written before validation and checkpointing, which may take a while; memory marks the
+    end of the first optimizer step before anything else runs after it."""
     cfg = trainer.cfg
-    callbacks: List[Callback] = [AttentionAnnealCallback(trainer)] if cfg.dfm.attention_anneal_steps else []
+    callbacks: List[Callback] = [MemoryCallback()]
+    if cfg.dfm.attention_anneal_steps:
+        callbacks.append(AttentionAnnealCallback(trainer))
     callbacks += [ThroughputCallback(), TelemetryCallback(trainer), StepPolicyCallback(cfg.training.nonfinite_policy)]
     if cfg.training.step_log:
         callbacks.append(StepLogCallback())
