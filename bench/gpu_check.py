@@ -267,16 +267,17 @@ def stage_gpu_model(check: Check, env: Dict[str, str], timeout: float) -> Dict:
 def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[str, str], work: str, timeout: float) -> Dict:
     run_dir = os.path.join(work, "run")
     cfg_path = os.path.join(work, "gpu_check_train.yaml")
+    smoke = env.get("DS_ACCELERATOR") == "cpu"
     tree = train.run_config(run_dir, os.path.join(bundle, manifest.get("corpus_prefix", gpu_bundle.CORPUS_PREFIX)),
                             os.path.join(bundle, manifest.get("tokenizer", gpu_bundle.TOKENIZER)),
-                            os.path.join(REPO, "ds_configs", "zero3_bf16.json"))
+                            os.path.join(REPO, "ds_configs", "cpu_zero3.json" if smoke else "zero3_bf16.json"), smoke)
     train.write_yaml(tree, cfg_path)
     shutil.copy(cfg_path, os.path.join(check.out, "gpu_check_train.yaml"))
     launcher = os.path.join(site, "bin", "deepspeed")
     cmd = ([launcher] if os.path.isfile(launcher) else [sys.executable, "-m", "deepspeed.launcher.runner"])
-    cmd += ["--num_gpus", "1", os.path.join(REPO, "pretrain_dfm.py"), "--config", cfg_path]
+    cmd += ["--num_accelerators" if smoke else "--num_gpus", "1", os.path.join(REPO, "pretrain_dfm.py"), "--config", cfg_path]
     free = shutil.disk_usage(work).free
-    need = train.checkpoint_bytes_needed()
+    need = train.checkpoint_bytes_needed(1e7 if smoke else train.PARAMS_1_7B)
     rec: Dict = {"config": "gpu_check_train.yaml", "disk_free_gb": round(free / 1e9, 1), "disk_needed_gb": round(need / 1e9, 1)}
     start = time.monotonic()
     first = check.run(cmd, timeout * 0.6, env)
@@ -299,7 +300,8 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
     if left < 30:
         rec.update(status="ok", resume="skipped", reason=f"resume skipped: {left:.0f} s of the stage budget left")
         return _copy_telemetry(check, run_dir, rec)
-    second = check.run(cmd, left, env)
+    # exit_after_steps is a step number, not a count: the resumed invocation is told to go on to the end
+    second = check.run(cmd + ["--set", f"training.exit_after_steps={train.STEPS + train.RESUME_STEPS}"], left, env)
     records = train.step_records(run_dir)
     after = train.summarize(records, train.STEPS + 1, train.STEPS + train.RESUME_STEPS)
     rec["resume"] = {"rc": second["rc"], "wall_s": second["wall_s"], "timed_out": second["timed_out"],
@@ -346,6 +348,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="check the bundle and print the plan; needs no GPU")
     p.add_argument("--total-budget", type=int, default=TOTAL_BUDGET_S, help=f"seconds for everything (default {TOTAL_BUDGET_S})")
     p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS", help="one stage's budget (repeatable)")
+    p.add_argument("--smoke-cpu", action="store_true",
+                   help="off-GPU check of this script: stage d at a toy width on CPU (DS_ACCELERATOR=cpu); its figures mean nothing")
     p.add_argument("--stages", default=",".join(s.name for s in STAGES), help="comma-separated stages to run (install is "
                                                                              "always run when a later stage is)")
     return p.parse_args(argv)
@@ -401,11 +405,13 @@ def run_stages(args, out: str, bundle: str, manifest: Dict, stages: List[str], b
     env.update(PYTHONPATH=os.pathsep.join([site, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
                PATH=os.pathsep.join([os.path.join(site, "bin"), env.get("PATH", "")]),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
-               PYTHONNOUSERSITE="1", DS_ACCELERATOR="cuda", PYTHONUNBUFFERED="1",
+               PYTHONNOUSERSITE="1", DS_ACCELERATOR="cpu" if args.smoke_cpu else "cuda", PYTHONUNBUFFERED="1",
                TRITON_CACHE_DIR=os.path.join(work, "cache", "triton"),
                TORCHINDUCTOR_CACHE_DIR=os.path.join(work, "cache", "inductor"),
                HF_HOME=os.path.join(work, "cache", "hf"))
-    check.say(f"gpu_check: repo {REPO}, bundle {bundle}, work {work}, out {out}, Python {sys.executable}")
+    check.result["smoke_cpu"] = args.smoke_cpu
+    check.say(f"gpu_check: repo {REPO}, bundle {bundle}, work {work}, out {out}, Python {sys.executable}"
+              + ("; --smoke-cpu: stage d at a toy width on CPU, figures meaningless" if args.smoke_cpu else ""))
     bodies = {
         "install": lambda t: stage_install(check, bundle, site, env, t),
         "env": lambda t: stage_env(check, env, t),

@@ -25,10 +25,16 @@ CHECKPOINT_BYTES_PER_PARAM = 14  # bf16 weights 2 + fp32 master, Adam m, v 12 (Z
 PARAMS_1_7B = 1.75e9  # 1.72 B matmul + adaln_single's ~25 M
 
 
-def run_config(run_dir: str, corpus_prefix: str, tokenizer_dir: str, ds_config: str, seq_len: int = 8192,
-               shape: Optional[Dict] = None, kernels: str = "fused") -> Dict:
-    """The YAML tree of stage d's run (``shape`` replaces the 1.7B shape, for a CPU smoke test)."""
-    model = dict(QWEN3_1_7B if shape is None else shape)
+# --smoke-cpu: the same two invocations at a toy width on CPU (checks the script, the bundle's DeepSpeed
+# and the launcher off-GPU; its numbers mean nothing)
+SMOKE_SHAPE = dict(vocab_size=151936, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
+
+
+def run_config(run_dir: str, corpus_prefix: str, tokenizer_dir: str, ds_config: str, smoke_cpu: bool = False) -> Dict:
+    """The YAML tree of stage d's run (``smoke_cpu``: toy shape, seq 128, torch kernels, fp32, CPU)."""
+    model = dict(SMOKE_SHAPE if smoke_cpu else QWEN3_1_7B)
+    kernels, seq_len, precision = ("torch", 128, "fp32") if smoke_cpu else ("fused", 8192, "bf16")
     model.update(attention_mode="bidirectional", time_conditioning="adaln_single", kernels=kernels,
                  activation_checkpointing=True)
     return {
@@ -38,7 +44,7 @@ def run_config(run_dir: str, corpus_prefix: str, tokenizer_dir: str, ds_config: 
         "training": {"output_dir": run_dir, "train_steps": STEPS + RESUME_STEPS, "exit_after_steps": STEPS,
                      "micro_batch_size": 1, "grad_accum_steps": 1, "lr": 3.0e-4, "min_lr": 3.0e-5, "warmup_steps": 5,
                      "weight_decay": 0.1, "grad_clip": 1.0, "zero_stage": 3, "zero_init": True, "ds_config": ds_config,
-                     "precision": "bf16", "log_interval": 1, "eval_interval": 0},
+                     "precision": precision, "log_interval": 1, "eval_interval": 0},
         "checkpoint": {"save_interval": 0, "keep_last": 1, "verify": "size"},
         "telemetry": {"wandb": "disabled"},
     }
