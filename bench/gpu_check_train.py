@@ -100,3 +100,26 @@ def folder_bytes(path: str) -> int:
     for dirpath, _, filenames in os.walk(path):
         total += sum(os.path.getsize(os.path.join(dirpath, n)) for n in filenames)
     return total
+
+
+def main(argv=None) -> None:
+    """Print stage d's run config (YAML) for a bundle, as gpu_check.py writes it."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="artifacts/gpu_wheels", help="the bundle folder (bench/gpu_wheels.sh)")
+    p.add_argument("--run-dir", default="runs/gpu_check_train", help="training.output_dir of the run")
+    p.add_argument("--smoke-cpu", action="store_true", help="the toy-width CPU variant (gpu_check.py --smoke-cpu)")
+    args = p.parse_args(argv)
+    import yaml
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ds = os.path.join(repo, "ds_configs", "cpu_zero3.json" if args.smoke_cpu else "zero3_bf16.json")
+    tree = run_config(args.run_dir, os.path.join(args.bundle, "data", "stdlib_text_document"),
+                      os.path.join(args.bundle, "tokenizer"), ds, args.smoke_cpu)
+    yaml.safe_dump(tree, sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()
