@@ -107,6 +107,7 @@ def main() -> None:
         exact = None if peak is None else flops_per_token(cfg, L, segments) * tps / peak
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak" if device.type == "cuda" else "n/a"
         facts[backend] = {"tokens_per_s": tps, "mfu": util, "mfu_packed_exact": exact, "kernels": dict(model.kernels_for(device).chosen),
+                          "kernel_reasons": dict(model.kernels_for(device).reasons),
                           "max_memory_allocated": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
         print(f"  {backend:6s} {tps:10.1f} tokens/s  ({results[backend]['seconds_per_step'].fmt('.4f')} s/step)  "
               f"MFU {'n/a (no GPU peak known)' if util is None else f'{100 * util:.1f}% (exact {100 * exact:.1f}%)'}  "

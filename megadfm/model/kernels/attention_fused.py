@@ -117,7 +117,7 @@ def torch_varlen(device_type: str) -> Impl:
 
 def flash_attn(device_type: str) -> Impl:
     (mod,) = require(device_type, "flash-attn varlen attention",
-                     ("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation (part of the [gpu] extra; needs CUDA)"))
+                     ("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation (the [flash] extra; needs CUDA and a long build)"))
     flash_varlen = mod.flash_attn_varlen_func
 
     def attention_flash(q, k, v, layout):

@@ -129,8 +129,8 @@ def select_kernels(backend: str, device_type: str, log: bool = True,
         raise KernelUnavailableError(
             "model.kernels is 'fused' but these fused kernels cannot run on this machine "
             f"(device '{device_type}'):\n" + "\n".join(missing) +
-            "\nRun on a CUDA machine (PyTorch's own kernels need nothing else; pip install -e '.[gpu]' adds liger-kernel, "
-            "flash-attn), or set model.kernels to 'auto' or 'torch'.")
+            "\nRun on a CUDA machine (PyTorch's own kernels need nothing else; pip install -e '.[gpu]' adds liger-kernel), "
+            "or set model.kernels to 'auto' or 'torch'.")
     chosen = {op: impl.name for op, impl in impls_by_op.items()}
     kernels = KernelSet(
         backend=backend, device_type=device_type,
