@@ -1,8 +1,8 @@
 """The adapter around torch's varlen_attn (attention_fused.varlen_attention), on CPU.
 
-PyTorch's flash kernels run on CUDA only, so these tests hand the adapter stand-ins with the two
-signatures varlen_attn has had (``window_size`` + ``enable_gqa`` + ``scale``; and ``is_causal``
-only) that compute real attention per cu_seqlens segment with SDPA. They check what the adapter
+PyTorch's flash kernels run on CUDA only, so these tests hand the adapter stand-ins with the three
+signatures varlen_attn has had (``window_size`` + ``enable_gqa`` + ``scale``; ``window_size`` +
+``scale`` without ``enable_gqa``; ``is_causal`` only) that compute real attention per cu_seqlens segment with SDPA. They check what the adapter
 controls: the direction flag it passes, GQA (native or by repeating kv heads), unpadding and
 re-padding, and the result against the torch reference. The kernel itself is checked on a GPU
 (tests/gpu/test_fused_kernels.py).
@@ -42,6 +42,15 @@ def new_style(calls):
     return varlen_attn
 
 
+def window_without_gqa(calls):
+    """A release in between: window_size and scale, but no enable_gqa (kv heads must match the query heads)."""
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1), k_cache=None, v_cache=None):
+        calls.append({"window_size": window_size, "heads": (query.shape[1], key.shape[1]), "scale": scale})
+        return segments_attention(query, key, value, cu_seq_q, window_size == (-1, 0), scale)
+    return varlen_attn
+
+
 def old_style(calls):
     def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
         calls.append({"is_causal": is_causal, "heads": (query.shape[1], key.shape[1])})
@@ -62,13 +71,16 @@ def inputs(with_padding):
     return q, k, v, cu, mask
 
 
-@pytest.mark.parametrize("style", ["new", "old"])
+STYLES = {"new": new_style, "window-no-gqa": window_without_gqa, "old": old_style}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("with_padding", [False, True])
 def test_adapter_matches_the_torch_reference(style, causal, with_padding):
     q, k, v, cu, mask = inputs(with_padding)
     calls = []
-    attention = varlen_attention(new_style(calls) if style == "new" else old_style(calls))
+    attention = varlen_attention(STYLES[style](calls))
     varlen = AttentionLayout(2, 24, torch.device("cpu"), causal, cu, None, mask, varlen=True)
     dense = AttentionLayout(2, 24, torch.device("cpu"), causal, cu, None, mask, varlen=False, per_segment=False)
     got = attention(q, k, v, varlen)
@@ -82,6 +94,9 @@ def test_adapter_matches_the_torch_reference(style, causal, with_padding):
         assert call["window_size"] == ((-1, 0) if causal else (-1, -1))
         assert call["enable_gqa"] is True and call["scale"] == 8 ** -0.5 and call["dtype"] == torch.bfloat16
         assert call["max_q"] == 17  # longest segment (row 0's second); padding never lengthens one
+    elif style == "window-no-gqa":
+        assert call["window_size"] == ((-1, 0) if causal else (-1, -1)) and call["heads"] == (4, 4)
+        assert call["scale"] == 8 ** -0.5
     else:
         assert call["is_causal"] is causal and call["heads"] == (4, 4)  # kv heads repeated to the query heads
 
