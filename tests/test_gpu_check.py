@@ -177,3 +177,12 @@ def test_telemetry_summary_skips_warm_up_steps():
     assert first["mem_max_gb"] == pytest.approx(30.2) and first["all_finite"]
     after = gpu_check_train.summarize(records, 21, 22)
     assert after["steps"] == [21, 22]
+
+
+def test_both_shell_entry_points_have_help():
+    for script, needles in (("gpu_check.sh", ("--dry-run", "--budget", "--out")), ("gpu_wheels.sh", ("--out", "DS_BUILD_OPS=0"))):
+        proc = subprocess.run(["bash", os.path.join(REPO, "bench", script), "--help"], capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, PYTHON=sys.executable))
+        assert proc.returncode == 0, proc.stderr
+        for needle in needles:
+            assert needle in proc.stdout, (script, needle)
