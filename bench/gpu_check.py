@@ -171,6 +171,14 @@ def status_of(run: Dict) -> str:
     return "timed_out" if run["timed_out"] else ("ok" if run["rc"] == 0 else "failed")
 
 
+def why(run: Dict, what: str) -> str:
+    """'<what> timed out' or '<what> exited N: <its last output line>'."""
+    if run["timed_out"]:
+        return f"{what} timed out after {run['wall_s']} s"
+    last = next((line.strip() for line in reversed(run["output"]) if line.strip()), "")
+    return f"{what} exited {run['rc']}" + (f": {last[:300]}" if last else "")
+
+
 # ---- the stages ------------------------------------------------------------------------------------
 
 
@@ -181,7 +189,7 @@ def stage_install(check: Check, bundle: str, site: str, env: Dict[str, str], tim
         run = check.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile", "--quiet",
                          "--disable-pip-version-check", "--target", site, *wheels], timeout, env)
         return {"status": status_of(run), "how": "pip --no-index --no-deps --target", "wheels": [os.path.basename(w) for w in wheels],
-                "wall_s": run["wall_s"], "reason": None if run["rc"] == 0 else "pip install failed (see the log)"}
+                "wall_s": run["wall_s"], "reason": None if status_of(run) == "ok" else why(run, "pip install")}
     check.say("  pip is not available to this Python: unpacking the wheels into the target instead (no console scripts)")
     for w in wheels:
         with zipfile.ZipFile(w) as z:
@@ -221,7 +229,7 @@ def stage_gpu_tests(check: Check, env: Dict[str, str], work: str, timeout: float
         if rec["status"] == "ok" and rec["passed"] == 0:
             rec.update(status="failed", reason="no GPU test ran (all skipped: see skipped)")
     if rec["status"] != "ok" and "reason" not in rec:
-        rec["reason"] = "timed out" if run["timed_out"] else f"pytest exit status {run['rc']}"
+        rec["reason"] = why(run, "pytest")
     return rec
 
 
@@ -260,7 +268,7 @@ def stage_gpu_model(check: Check, env: Dict[str, str], timeout: float) -> Dict:
     elif rec["status"] == "ok":
         rec.update(status="failed", reason="gpu_model.py wrote no result line (was a backend skipped? see the log)")
     if rec["status"] != "ok" and "reason" not in rec:
-        rec["reason"] = "timed out" if run["timed_out"] else f"exit status {run['rc']}"
+        rec["reason"] = why(run, "gpu_model.py")
     return rec
 
 
@@ -286,7 +294,7 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
     records = train.step_records(run_dir)
     rec["steps"] = train.summarize(records, 1, train.STEPS)
     if status_of(first) != "ok":
-        rec.update(status=status_of(first), reason="the first run " + ("timed out" if first["timed_out"] else f"exited {first['rc']}"))
+        rec.update(status=status_of(first), reason=why(first, "the first run"))
         return _copy_telemetry(check, run_dir, rec)
     if not rec["first"]["checkpoints"]:
         rec.update(status="failed", reason="the first run saved no complete checkpoint")
@@ -309,7 +317,7 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
                      "resumed_from_log": any("resum" in line.lower() for line in second["output"])}
     expected = list(range(train.STEPS + 1, train.STEPS + train.RESUME_STEPS + 1))
     if status_of(second) != "ok":
-        rec.update(status=status_of(second), reason="the resumed run " + ("timed out" if second["timed_out"] else f"exited {second['rc']}"))
+        rec.update(status=status_of(second), reason=why(second, "the resumed run"))
     elif after["steps"] != expected:
         rec.update(status="failed", reason=f"the resumed run logged steps {after['steps']}, expected {expected}")
     else:
