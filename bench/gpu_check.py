@@ -291,6 +291,7 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
     first = check.run(cmd, timeout * 0.55, env)  # 20 steps + a save; the resume (load, 2 steps, save) gets the rest
     rec["first"] = {"rc": first["rc"], "wall_s": first["wall_s"], "timed_out": first["timed_out"],
                     "checkpoints": train.complete_checkpoints(run_dir)}
+    rec["kernels"] = train.kernel_lines(first["output"])
     records = train.step_records(run_dir)
     rec["steps"] = train.summarize(records, 1, train.STEPS)
     if status_of(first) != "ok":

@@ -88,6 +88,17 @@ def summarize(records: List[Dict], first_step: int, last_step: int) -> Dict:
                               for r in chosen)}
 
 
+def kernel_lines(output: List[str]) -> Dict[str, str]:
+    """What the trainer's log says each op runs on: {op: "implementation (reason)"} from its ``kernels: op -> ...`` lines."""
+    found = {}
+    for line in output:
+        _, sep, rest = line.partition("kernels: ")
+        if sep and " -> " in rest:
+            op, _, how = rest.partition(" -> ")
+            found.setdefault(op.strip(), how.strip())
+    return found
+
+
 def complete_checkpoints(run_dir: str) -> List[str]:
     root = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(root):

@@ -186,3 +186,10 @@ def test_both_shell_entry_points_have_help():
         assert proc.returncode == 0, proc.stderr
         for needle in needles:
             assert needle in proc.stdout, (script, needle)
+
+
+def test_kernel_lines_are_read_from_the_trainer_log():
+    out = ["[12:00 rank0 megadfm.model.kernels] kernels: backend=fused device=cuda",
+           "[12:00 rank0 megadfm.model.kernels] kernels: attention -> torch varlen_attn (x) (first available of torch_varlen)",
+           "[12:01 rank0 megadfm.model.kernels] kernels: attention -> later line ignored"]
+    assert gpu_check_train.kernel_lines(out) == {"attention": "torch varlen_attn (x) (first available of torch_varlen)"}
