@@ -464,8 +464,9 @@ def summary(stages: Dict[str, Dict]) -> Dict:
         "bench_torch_tokens_per_s": (backends.get("torch") or {}).get("tokens_per_s"),
         "bench_fused_over_torch": model.get("fused_over_torch_tokens_per_s"),
         "bench_fused_mfu": (backends.get("fused") or {}).get("mfu"),
+        "bench_peak_memory_gib": {b: (f.get("max_memory_allocated") or 0) / 2**30 for b, f in backends.items()} or None,
         "train_tokens_per_s": trained.get("tokens_per_s_median"), "train_mfu": trained.get("mfu_median"),
-        "train_mem_max_gb": trained.get("mem_max_gb"),
+        "train_mem_max_gb": trained.get("mem_max_gb"), "train_kernels": stages.get("train", {}).get("kernels"),
         "train_resume": (stages.get("train", {}).get("resume") or {}).get("steps") if isinstance(
             stages.get("train", {}).get("resume"), dict) else stages.get("train", {}).get("resume"),
     }
