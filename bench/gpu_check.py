@@ -20,8 +20,8 @@ OUT is --out, else $OUT, else runs/gpu_check. Checkpoints and caches go to a tem
     bash bench/gpu_check.sh --dry-run               # check the bundle and print the plan (no GPU needed)
     bash bench/gpu_check.sh --budget train=300 --stages env,train
 
-Exit status: 0 when every stage that ran passed, 1 when one failed or timed out, 2 when the bundle
-is unusable (the dry run's verdict too).
+Exit status: 0 when every stage that ran passed, 1 when one failed, timed out or was incomplete (stage
+d without its resume), 2 when the bundle is unusable (the dry run's verdict too).
 """
 
 from __future__ import annotations
@@ -302,12 +302,12 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
         return _copy_telemetry(check, run_dir, rec)
     rec["checkpoint_gb"] = round(train.folder_bytes(os.path.join(run_dir, "checkpoints")) / 1e9, 1)
     if free < need:
-        rec.update(status="ok", resume="skipped", reason=f"resume skipped: {free / 1e9:.0f} GB free, two checkpoints need "
-                                                          f"{need / 1e9:.0f} GB")
+        rec.update(status="incomplete", resume="skipped", reason=f"resume skipped: {free / 1e9:.0f} GB free, two checkpoints "
+                                                                  f"need {need / 1e9:.0f} GB")
         return _copy_telemetry(check, run_dir, rec)
     left = timeout - (time.monotonic() - start)
     if left < 30:
-        rec.update(status="ok", resume="skipped", reason=f"resume skipped: {left:.0f} s of the stage budget left")
+        rec.update(status="incomplete", resume="skipped", reason=f"resume skipped: {left:.0f} s of the stage budget left")
         return _copy_telemetry(check, run_dir, rec)
     # exit_after_steps is a step number, not a count: the resumed invocation is told to go on to the end
     second = check.run(cmd + ["--set", f"training.exit_after_steps={train.STEPS + train.RESUME_STEPS}"], left, env)
@@ -315,12 +315,14 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
     after = train.summarize(records, train.STEPS + 1, train.STEPS + train.RESUME_STEPS)
     rec["resume"] = {"rc": second["rc"], "wall_s": second["wall_s"], "timed_out": second["timed_out"],
                      "steps": after["steps"], "checkpoints": train.complete_checkpoints(run_dir),
-                     "resumed_from_log": any("resum" in line.lower() for line in second["output"])}
+                     "resumed_from_log": any("resumed from" in line for line in second["output"])}
     expected = list(range(train.STEPS + 1, train.STEPS + train.RESUME_STEPS + 1))
     if status_of(second) != "ok":
         rec.update(status=status_of(second), reason=why(second, "the resumed run"))
     elif after["steps"] != expected:
         rec.update(status="failed", reason=f"the resumed run logged steps {after['steps']}, expected {expected}")
+    elif not rec["resume"]["resumed_from_log"]:
+        rec.update(status="failed", reason="the second run did not log 'resumed from' a checkpoint")
     else:
         rec["status"] = "ok"
     return _copy_telemetry(check, run_dir, rec)
@@ -444,7 +446,7 @@ def run_stages(args, out: str, bundle: str, manifest: Dict, stages: List[str], b
         check.result["summary"] = summary(check.result["stages"])
         check.save()
     check.say("== summary: " + json.dumps(check.result["summary"], default=str))
-    bad = [n for n, r in check.result["stages"].items() if r["status"] in ("failed", "timed_out")]
+    bad = [n for n, r in check.result["stages"].items() if r["status"] in ("failed", "timed_out", "incomplete")]
     return 1 if bad else 0
 
 
