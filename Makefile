@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install tokenizer demo eval-demo sft-demo ar2dfm test bench clean help
+.PHONY: install tokenizer demo eval-demo sft-demo ar2dfm test bench gpu-wheels gpu-check-dry clean help
 
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
@@ -31,6 +31,8 @@ help:
 	@echo "              BENCH_CONVERT=1 make bench adds the conversion bench, which needs ~13 GB of disk)"
 	@echo "make eval-demo - evaluate the demo model (HumanEval, infill, likelihood) next to an AR baseline"
 	@echo "make sft-demo  - fine-tune the demo model on the stdlib instruction set (chat format), evaluate held-out instructions"
+	@echo "make gpu-wheels    - build artifacts/gpu_wheels/ for bench/gpu_check.sh (needs network; docs/GPU_CHECK.md)"
+	@echo "make gpu-check-dry - check that folder and print the GPU check's plan (no GPU needed)"
 	@echo "make ar2dfm    - the AR -> DFM experiment (examples/ar_to_dfm/): AR pretrain, export, convert, 4 DFM runs, report (~45 min)"
 
 $(STAMP): setup.py
@@ -74,6 +76,12 @@ test: tokenizer
 
 bench: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 bash bench/run_all.sh
+
+gpu-wheels: tokenizer
+	bash bench/gpu_wheels.sh
+
+gpu-check-dry:
+	PYTHON=$(PY) bash bench/gpu_check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) .cache artifacts runs

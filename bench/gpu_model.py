@@ -4,8 +4,10 @@ One step = forward (bidirectional, packed documents, AdaLN(t)) + per-token CE ov
 via ``token_losses`` + backward; no optimizer. Both backends run in the same process on the same
 weights and batch; the baseline is the torch backend (ratio: median s/step torch / fused = fused
 tokens/s / torch tokens/s; --repeats timed steps, formerly --steps, which still works). MFU uses
-megadfm.training.mfu (PaLM/Megatron FLOPs per token, dense bf16 peak of the detected GPU;
-activation recompute is not counted as useful).
+megadfm.training.mfu (PaLM/Megatron FLOPs per token, dense bf16 peak of the detected GPU from its
+peak table, whose entry is printed; activation recompute is not counted as useful). MFU counts the
+full L x L bidirectional attention, as the trainer does; "exact" counts only the packed documents'
+blocks, which is what the varlen kernels compute.
 
     python bench/gpu_model.py                  # Qwen3-1.7B shape, seq 8192, bf16, on the GPU
     python bench/gpu_model.py --tiny          # a 2-layer toy on CPU: checks the script runs
@@ -48,7 +50,7 @@ def main() -> None:
 
     from megadfm.model import ModelConfig, Qwen3DFM
     from megadfm.model.kernels import KernelUnavailableError
-    from megadfm.training.mfu import device_peak_flops, flops_per_token, mfu
+    from megadfm.training.mfu import device_peak, flops_per_token, mfu
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.tiny:
@@ -64,10 +66,14 @@ def main() -> None:
     t = torch.rand(B, generator=gen).to(device)
     bounds = sorted({0, L, *torch.linspace(0, L, args.docs + 1).long().tolist()})
     cu = torch.tensor([b * L + s for b in range(B) for s in bounds[:-1]] + [B * L], dtype=torch.int32, device=device)
-    peak = device_peak_flops()
+    entry = device_peak()
+    peak = None if entry is None else entry.flops
+    segments = [b - a for a, b in zip(bounds[:-1], bounds[1:])] * B
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; shape "
           f"{'tiny' if args.tiny else 'Qwen3-1.7B'}; batch {B} x {L} tokens, {args.docs} docs/row; dtype {dtype}; "
           f"activation checkpointing {'off' if args.no_checkpointing else 'on'}")
+    print("peak: " + (f"entry {entry.device} of megadfm/training/mfu.py, {entry.flops / 1e12:.0f} TFLOP/s dense bf16"
+                      if entry else "no entry for this device in megadfm/training/mfu.py's table: MFU not reported"))
     header = print_header("gpu_model", BASELINE, "torch kernel backend, same weights and batch", torch.get_num_threads(),
                           "CPU threads; the GPU does the work" if device.type == "cuda" else "")
     results, facts = {}, {}
@@ -98,11 +104,13 @@ def main() -> None:
         results[backend] = {"seconds_per_step": summarize(times)}
         tps = B * L / results[backend]["seconds_per_step"].median
         util = mfu(cfg, L, tps, peak)
+        exact = None if peak is None else flops_per_token(cfg, L, segments) * tps / peak
         mem = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB peak" if device.type == "cuda" else "n/a"
-        facts[backend] = {"tokens_per_s": tps, "mfu": util, "kernels": dict(model.kernels_for(device).chosen),
+        facts[backend] = {"tokens_per_s": tps, "mfu": util, "mfu_packed_exact": exact, "kernels": dict(model.kernels_for(device).chosen),
+                          "kernel_reasons": dict(model.kernels_for(device).reasons),
                           "max_memory_allocated": torch.cuda.max_memory_allocated() if device.type == "cuda" else None}
         print(f"  {backend:6s} {tps:10.1f} tokens/s  ({results[backend]['seconds_per_step'].fmt('.4f')} s/step)  "
-              f"MFU {'n/a (no GPU peak known)' if util is None else f'{100 * util:.1f}%'}  "
+              f"MFU {'n/a (no GPU peak known)' if util is None else f'{100 * util:.1f}% (exact {100 * exact:.1f}%)'}  "
               f"memory {mem}  kernels: {', '.join(f'{k}={v}' for k, v in model.kernels_for(device).chosen.items())}  "
               f"({flops_per_token(cfg, L) / 1e9:.2f} GFLOP/token)")
         del model
@@ -117,7 +125,9 @@ def main() -> None:
         print(f"# no JSON line written: the baseline backend {BASELINE!r} did not run (--backends {args.backends})")
         return
     write_result(header, args, results, ratios, extra={"backends": facts, "device": str(device), "shape": "tiny" if args.tiny
-                                                       else "Qwen3-1.7B", "tokens_per_step": B * L, "dtype": dtype})
+                                                       else "Qwen3-1.7B", "tokens_per_step": B * L, "dtype": dtype,
+                                                       "peak": None if entry is None else entry._asdict(),
+                                                       "device_name": torch.cuda.get_device_name() if device.type == "cuda" else None})
 
 
 if __name__ == "__main__":

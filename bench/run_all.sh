@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: every CPU benchmark, each printing its header (baseline, threads, load average at start),
 # the median and min/max of its repeats and its ratio(s) against the baseline it names, measured in the
-# same run. Absolute numbers depend on the machine's load; compare ratios. GPU: bench/gpu_model.py.
+# same run. Absolute numbers depend on the machine's load; compare ratios. GPU: bench/gpu_model.py, run with
+# everything else by bench/gpu_check.sh (docs/GPU_CHECK.md).
 #
 # Results: every bench appends exactly one JSON line (bench/common.py write_result; fields in its
 # docstring) to $MEGADFM_BENCH_RESULTS, which this script points at a temporary file under

@@ -54,6 +54,12 @@ class ModelConfig:
                                   tags=(ARCHITECTURE, HF))
     kernels: Literal["auto", "torch", "fused"] = doc(
         "auto", "Kernel backend: torch references, fused GPU kernels (error if unavailable), or auto (fused where importable, logged).")
+    kernel_impls: Dict[str, str] = doc(
+        help="Under kernels fused/auto, the fused implementation to use for an op instead of the default order, e.g. "
+             "{attention: flash_attn, rmsnorm: apex}. Ops and names: attention (torch_varlen, flash_attn), rmsnorm "
+             "(liger, compile, apex), rotary (liger, compile), adaln (liger, compile), linear_cross_entropy (liger, "
+             "chunked). A named one that cannot run is an error under fused and the logged torch fallback under auto.",
+        factory=dict)
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward (saves memory, costs ~30% compute).")
     loss_chunk_size: int = doc(0, "Tokens per chunk of the torch linear cross-entropy; 0 (default) derives it from "
                                "loss_chunk_memory_mb (logged once). liger picks its own.")

@@ -194,7 +194,7 @@ class Qwen3DFM(nn.Module):
     def kernels_for(self, device: torch.device) -> KernelSet:
         """The kernel set for a device type, resolved (and logged) once per type per model."""
         if device.type not in self._kernels:
-            self._kernels[device.type] = select_kernels(self.cfg.kernels, device.type)
+            self._kernels[device.type] = select_kernels(self.cfg.kernels, device.type, impls=self.cfg.kernel_impls)
         return self._kernels[device.type]
 
     # ---- forward -------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ Reference (torch), in one of two forms that compute the same function, chosen pe
 
 In both, a query with no visible key (a padding position masked by ``attention_mask``) is let to
 see itself, so its softmax row is never all -inf (which gives NaN, and NaN gradients).
-Fused: flash-attn's ``flash_attn_varlen_func`` on the unpadded tokens (CUDA only).
+Fused (CUDA only; attention_fused.py): PyTorch's ``torch.nn.attention.varlen.varlen_attn`` on the
+unpadded tokens by default, flash-attn's ``flash_attn_varlen_func`` when named in model.kernel_impls.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from megadfm.model.kernels.backend import Impl, require
+from megadfm.model.kernels import attention_fused
+from megadfm.model.kernels.backend import Impl, first_available
 
 logger = logging.getLogger("megadfm.model.kernels")
 
@@ -246,24 +248,12 @@ TORCH = Impl("torch (SDPA per segment, or + block-diagonal mask for many short s
              {"attention": attention_torch, "varlen": False})
 
 
-def fused(device_type: str) -> Impl:
-    (mod,) = require(device_type, "flash-attn varlen attention",
-                     ("flash_attn", "flash-attn", "pip install flash-attn --no-build-isolation (part of the [gpu] extra; needs CUDA)"))
-    flash_varlen = mod.flash_attn_varlen_func
+FUSED = {"torch_varlen": attention_fused.torch_varlen, "flash_attn": attention_fused.flash_attn}
+DEFAULT = ("torch_varlen",)
 
-    def attention_flash(q, k, v, layout: AttentionLayout):
-        B, Hq, L, D = q.shape
-        cu, max_seqlen, index = layout.varlen
-        q, k, v = (x.transpose(1, 2).reshape(B * L, x.shape[1], D) for x in (q, k, v))
-        if index is not None:
-            q, k, v = q[index], k[index], v[index]
-        out = flash_varlen(q, k, v, cu, cu, max_seqlen, max_seqlen, dropout_p=0.0, softmax_scale=D ** -0.5,
-                           causal=layout.causal)
-        if index is not None:
-            out = out.new_zeros(B * L, Hq, D).index_copy(0, index, out)
-        return out.view(B, L, Hq, D)
 
-    return Impl("flash-attn varlen", {"attention": attention_flash, "varlen": True})
+def fused(device_type: str, name: Optional[str] = None) -> Impl:
+    return first_available("attention", FUSED, DEFAULT, device_type, name)
 
 
 # ---- a query subset over given keys (block-wise KV caching; megadfm/model/block_forward.py) ------------

@@ -9,6 +9,12 @@ for one device type and says what it chose:
   package missing, no CUDA device) raises :class:`KernelUnavailableError` naming the op, the
   missing package and how to get it. Never a silent fallback.
 - ``auto``: fused where it can run, the reference elsewhere; one log line per op with the reason.
+
+Each op's fused path is a list of named candidates (``FUSED`` in its file, tried in the order of
+``DEFAULT``): stock PyTorch first (``torch.nn.attention.varlen``, ``torch.compile`` -> Triton),
+liger-kernel before it where liger has the op and is importable. Others (flash-attn, apex) run only
+when named in ``model.kernel_impls`` (e.g. ``{attention: flash_attn}``). Whatever is chosen, the log
+line says which candidate and why the ones before it were passed over.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import functools
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,45 +95,53 @@ def _ops() -> List[Tuple[str, object]]:
             ("linear_cross_entropy", linear_cross_entropy)]
 
 
-def select_kernels(backend: str, device_type: str, log: bool = True) -> KernelSet:
+def select_kernels(backend: str, device_type: str, log: bool = True,
+                   impls: Optional[Mapping[str, str]] = None) -> KernelSet:
     """Resolve every op for ``device_type`` ('cpu', 'cuda', ...) under ``backend``.
 
-    Each op module provides ``TORCH`` (a :class:`Impl` of the reference) and ``fused(device_type)``
-    returning the fused :class:`Impl` or raising :class:`KernelUnavailable` with the reason.
+    Each op module provides ``TORCH`` (a :class:`Impl` of the reference), ``FUSED`` (candidate name
+    -> builder taking the device type, returning an :class:`Impl` or raising :class:`KernelUnavailable`),
+    ``DEFAULT`` (the candidates tried, in order, when none is named) and ``fused(device_type, name)``.
+    ``impls`` names one candidate per op (``model.kernel_impls``); unknown ops or names are errors.
     """
     if backend not in BACKENDS:
         raise ValueError(f"kernels must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    impls: Dict[str, Impl] = {}
+    ops = _ops()
+    impls = dict(impls or {})
+    _check_names(impls, dict(ops))
+    impls_by_op: Dict[str, Impl] = {}
     reasons: Dict[str, str] = {}
     missing: List[str] = []
-    for op, module in _ops():
+    for op, module in ops:
         if backend == "torch":
-            impls[op], reasons[op] = module.TORCH, "kernels: torch requested"
+            impls_by_op[op], reasons[op] = module.TORCH, "kernels: torch requested"
             continue
         try:
-            impls[op] = module.fused(device_type)
-            reasons[op] = "fused path importable and on CUDA"
+            impl = module.fused(device_type, impls.get(op))
+            impls_by_op[op] = impl
+            reasons[op] = impl.note or "fused path importable and on CUDA"
         except KernelUnavailable as why:
             if backend == "fused":
                 missing.append(f"  {op}: {why}")
                 continue
-            impls[op], reasons[op] = module.TORCH, f"fused unavailable: {why}"
+            impls_by_op[op], reasons[op] = module.TORCH, f"fused unavailable: {why}"
     if missing:
         raise KernelUnavailableError(
             "model.kernels is 'fused' but these fused kernels cannot run on this machine "
             f"(device '{device_type}'):\n" + "\n".join(missing) +
-            "\nInstall the GPU extras (pip install -e '.[gpu]') on a CUDA machine, or set model.kernels to 'auto' or 'torch'.")
-    chosen = {op: impl.name for op, impl in impls.items()}
+            "\nRun on a CUDA machine (PyTorch's own kernels need nothing else; pip install -e '.[gpu]' adds liger-kernel), "
+            "or set model.kernels to 'auto' or 'torch'.")
+    chosen = {op: impl.name for op, impl in impls_by_op.items()}
     kernels = KernelSet(
         backend=backend, device_type=device_type,
-        rms_norm=impls["rmsnorm"].fns["rms_norm"],
-        rotary=impls["rotary"].fns["apply_rotary"],
-        attention=impls["attention"].fns["attention"],
-        attention_is_varlen=bool(impls["attention"].fns.get("varlen", False)),
-        adaln_modulate=impls["adaln"].fns["adaln_modulate"],
-        gated_residual=impls["adaln"].fns["gated_residual"],
-        linear_cross_entropy=impls["linear_cross_entropy"].fns["linear_cross_entropy"],
-        weighted_linear_cross_entropy=impls["linear_cross_entropy"].fns["weighted_linear_cross_entropy"],
+        rms_norm=impls_by_op["rmsnorm"].fns["rms_norm"],
+        rotary=impls_by_op["rotary"].fns["apply_rotary"],
+        attention=impls_by_op["attention"].fns["attention"],
+        attention_is_varlen=bool(impls_by_op["attention"].fns.get("varlen", False)),
+        adaln_modulate=impls_by_op["adaln"].fns["adaln_modulate"],
+        gated_residual=impls_by_op["adaln"].fns["gated_residual"],
+        linear_cross_entropy=impls_by_op["linear_cross_entropy"].fns["linear_cross_entropy"],
+        weighted_linear_cross_entropy=impls_by_op["linear_cross_entropy"].fns["weighted_linear_cross_entropy"],
         chosen=chosen, reasons=reasons)
     if log:
         logger.info("kernels: backend=%s device=%s", backend, device_type)
@@ -142,3 +156,53 @@ class Impl:
 
     name: str
     fns: Mapping[str, object]
+    note: str = ""  # why this candidate (and not the ones before it); the reason auto and fused log
+
+
+def first_available(op: str, candidates: Mapping[str, Callable[[str], Impl]], default: Sequence[str],
+                    device_type: str, name: Optional[str] = None) -> Impl:
+    """The named candidate, or the first of ``default`` that can run; KernelUnavailable lists every reason.
+
+    A named candidate is the only one tried: asking for flash-attn and getting something else would be
+    a silent substitution.
+    """
+    if name is not None and name not in candidates:
+        raise ValueError(f"model.kernel_impls.{op}: unknown implementation {name!r}; one of {', '.join(candidates)}")
+    order = [name] if name is not None else list(default)
+    passed: List[str] = []
+    for candidate in order:
+        try:
+            impl = candidates[candidate](device_type)
+        except KernelUnavailable as why:
+            passed.append(f"{candidate}: {why}")
+            continue
+        how = f"named in model.kernel_impls.{op}" if name is not None else f"first available of {', '.join(order)}"
+        note = how + ("" if not passed else "; passed over: " + "; ".join(passed))
+        return Impl(impl.name, impl.fns, note)
+    raise KernelUnavailable(" | ".join(passed))
+
+
+def _check_names(impls: Mapping[str, str], modules: Mapping[str, object]) -> None:
+    for op, name in impls.items():
+        if op not in modules:
+            raise ValueError(f"model.kernel_impls: unknown op {op!r}; ops are {', '.join(modules)}")
+        if name not in modules[op].FUSED:
+            raise ValueError(f"model.kernel_impls.{op}: unknown implementation {name!r}; one of "
+                             f"{', '.join(modules[op].FUSED)}")
+
+
+_COMPILED: Dict[Callable, Callable] = {}
+
+
+def compiled(device_type: str, what: str, fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=True)`` (Inductor -> Triton), once per function per process.
+
+    Needs CUDA and an importable Triton; checks that ``torch.compile`` exists (feature, not version).
+    Compilation itself happens at the first call.
+    """
+    require(device_type, what, ("triton", "triton", "pip install triton (PyTorch's CUDA wheels ship it)"))
+    if not hasattr(torch, "compile"):
+        raise KernelUnavailable(f"{what}: this torch has no torch.compile")
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]

@@ -22,10 +22,13 @@ size comes from a memory budget (:func:`chunk_rows_for_budget`): one [chunk, V] 
 only vocabulary-sized buffer besides grad_weight. Without gradients (``torch.no_grad`` or inputs that
 need none) it is a forward pass alone.
 
-Fused: liger-kernel's fused linear cross-entropy (Triton, CUDA only) with ``reduction='none'``;
-the mask column is excluded by a bias that is -inf there and 0 elsewhere. Older liger-kernel releases
-compute reduction='none' gradients as if every token had the same upstream gradient, which is wrong
-for per-token weights w(t); they are detected (no ``token_grad_output`` argument) and rejected.
+Fused (CUDA only): liger-kernel's fused linear cross-entropy (Triton) with ``reduction='none'``
+when importable; the mask column is excluded by a bias that is -inf there and 0 elsewhere, so it
+leaves the softmax exactly as the reference's -inf logit does. Older liger-kernel releases compute
+reduction='none' gradients as if every token had the same upstream gradient, which is wrong for
+per-token weights w(t); they are detected (no ``token_grad_output`` argument) and rejected. Without
+liger-kernel the GPU path uses the chunked torch version above (candidate ``chunked``): its matmuls
+are cuBLAS's and it never holds [N, V] logits, so there is no separate kernel to fuse; the log says so.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Optional
 
 import torch
 
-from megadfm.model.kernels.backend import Impl, KernelUnavailable, require
+from megadfm.model.kernels.backend import Impl, KernelUnavailable, first_available, require
 
 
 def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, excluded_token: Optional[int]) -> torch.Tensor:
@@ -212,7 +215,7 @@ TORCH = Impl("torch chunked, gradients in forward", {"linear_cross_entropy": lin
                                                      "weighted_linear_cross_entropy": weighted_linear_cross_entropy_torch})
 
 
-def fused(device_type: str) -> Impl:
+def liger(device_type: str) -> Impl:
     hint = "pip install liger-kernel (part of the [gpu] extra)"
     functional, ops = require(device_type, "fused linear cross-entropy (liger-kernel)",
                               ("liger_kernel.transformers.functional", "liger-kernel", hint),
@@ -239,3 +242,16 @@ def fused(device_type: str) -> Impl:
 
     return Impl("liger-kernel fused linear cross-entropy", {"linear_cross_entropy": linear_cross_entropy_liger,
                                                              "weighted_linear_cross_entropy": weighted_linear_cross_entropy_liger})
+
+
+def chunked(device_type: str) -> Impl:
+    require(device_type, "the GPU path's chunked linear cross-entropy")
+    return Impl("torch chunked, gradients in forward (the GPU path without liger-kernel)", TORCH.fns)
+
+
+FUSED = {"liger": liger, "chunked": chunked}
+DEFAULT = ("liger", "chunked")
+
+
+def fused(device_type: str, name: Optional[str] = None) -> Impl:
+    return first_available("linear_cross_entropy", FUSED, DEFAULT, device_type, name)

@@ -51,6 +51,7 @@ class StepLogCallback(Callback):
         record = {"step": state.step, "loss": state.loss, "lr": state.lr, "grad_norm": state.grad_norms.total,
                   "skipped": state.skip_update, "consumed_samples": trainer.consumed_samples,
                   "tokens_per_s": state.scalars.get("tokens_per_s"), "mfu": state.scalars.get("mfu"),
+                  "mem_max_gb": state.scalars.get("mem_max_gb"),
                   "batch_hash": batch_hash(torch.cat(self._ids), trainer.world_size)}
         state.record.update(record)
         if self._file is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from typing import TYPE_CHECKING
@@ -10,10 +11,12 @@ import torch
 import torch.distributed as dist
 
 from megadfm.training.callbacks.base import Callback, StepState
-from megadfm.training.mfu import device_peak_flops, mfu
+from megadfm.training.mfu import device_peak, mfu
 
 if TYPE_CHECKING:
     from megadfm.training.trainer import Trainer
+
+logger = logging.getLogger("megadfm")
 
 
 def peak_memory_gb() -> float:
@@ -25,7 +28,14 @@ def peak_memory_gb() -> float:
 
 class ThroughputCallback(Callback):
     def __init__(self):
-        self.peak_flops = device_peak_flops()
+        entry = device_peak()
+        self.peak_flops = None if entry is None else entry.flops
+        if entry is not None:
+            logger.info("MFU: peak-table entry %s, %.0f TFLOP/s dense bf16 (device %r)", entry.device, entry.flops / 1e12,
+                        torch.cuda.get_device_name())
+        elif torch.cuda.is_available():
+            logger.info("MFU: not reported, device %r is not in megadfm/training/mfu.py's peak table",
+                        torch.cuda.get_device_name())
 
     def post_step(self, trainer: "Trainer", state: StepState) -> None:
         tokens = torch.tensor([state.tokens], dtype=torch.float64)
