@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install tokenizer demo eval-demo sft-demo ar2dfm test bench gpu-wheels gpu-check-dry clean help
+.PHONY: install tokenizer demo eval-demo sft-demo ar2dfm scale-smoke test bench gpu-wheels gpu-check-dry clean help
 
 help:
 	@echo "make demo   - set up .venv, build the Qwen3 tokenizer, run the main job on the embedded tiny CPU default"
@@ -34,6 +34,7 @@ help:
 	@echo "make gpu-wheels    - build artifacts/gpu_wheels/ for bench/gpu_check.sh (needs network; docs/GPU_CHECK.md)"
 	@echo "make gpu-check-dry - check that folder and print the GPU check's plan (no GPU needed)"
 	@echo "make ar2dfm    - the AR -> DFM experiment (examples/ar_to_dfm/): AR pretrain, export, convert, 4 DFM runs, report (~45 min)"
+	@echo "make scale-smoke - a Qwen3-0.6B-shape DFM on 2 CPU ranks: 3 steps, save, resume, offload, export, memory per phase vs DeepSpeed's estimate (~20 min, < 24 GiB)"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +70,9 @@ TEST_WORKERS ?= 2
 
 ar2dfm: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) examples/ar_to_dfm/run.py
+
+scale-smoke: tokenizer
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 bash examples/scale_smoke.sh
 
 test: tokenizer
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 TORCHDYNAMO_DISABLE=1 $(PY) -m pytest tests \

@@ -294,6 +294,7 @@ def stage_train(check: Check, bundle: str, manifest: Dict, site: str, env: Dict[
     rec["kernels"] = train.kernel_lines(first["output"])
     records = train.step_records(run_dir)
     rec["steps"] = train.summarize(records, 1, train.STEPS)
+    rec["memory_phases"] = train.memory_phases(run_dir)  # the trainer's own per-phase peaks (docs/MEMORY.md)
     if status_of(first) != "ok":
         rec.update(status=status_of(first), reason=why(first, "the first run"))
         return _copy_telemetry(check, run_dir, rec)

@@ -70,6 +70,18 @@ def step_records(run_dir: str) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def memory_phases(run_dir: str) -> List[Dict]:
+    """Rank 0's memory record per phase (megadfm/training/memory.py): torch's peak allocated and reserved, in GiB."""
+    from megadfm.training.memory import memory_log_path, read_memory_log
+
+    path = memory_log_path(run_dir, 0)
+    if not os.path.isfile(path):
+        return []
+    return [{"phase": r["phase"], "peak_gib": r["peak_bytes"] / 2**30,
+             "reserved_peak_gib": r["reserved_peak_bytes"] / 2**30 if r.get("reserved_peak_bytes") is not None else None}
+            for r in read_memory_log(path)]
+
+
 def summarize(records: List[Dict], first_step: int, last_step: int) -> Dict:
     """Median tokens/s and MFU, max memory and the losses of steps first_step..last_step (after warm-up)."""
     chosen = [r for r in records if first_step <= r["step"] <= last_step]

@@ -10,14 +10,12 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 CONFIG=examples/tiny_cpu.yaml
 RUN=runs/tiny_cpu
-STDLIB=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 # One OpenMP thread per rank (2 ranks on 2 cores); torch.compile is not used on CPU, and disabling dynamo
 # stops DeepSpeed's optional compiled optimizers from importing inductor at start-up.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false TORCHDYNAMO_DISABLE=1
 
 echo "== [1/5] tokenize the Python standard library (real code corpus) into artifacts/data/stdlib_text_document.{bin,idx}"
-$PY tools/preprocess_data.py --input "$STDLIB" --glob '**/*.py' --exclude 'site-packages/*' 'test/*' 'idlelib/*' \
-    --tokenizer artifacts/tokenizer/qwen3 --append-eod --output-prefix artifacts/data/stdlib --workers 2
+bash examples/stdlib_corpus.sh
 
 echo "== [2/5] train the tiny DFM model: deepspeed, ZeRO-3, 2 CPU processes ($CONFIG)"
 .venv/bin/deepspeed --num_accelerators 2 --master_port "${MASTER_PORT:-29517}" pretrain_dfm.py --config "$CONFIG"

@@ -1,6 +1,6 @@
 """Exact resume on the real engine: an interrupted 2-process run continues bitwise, on the same or
-another world size (via a universal checkpoint), and torchrun with zero.Init trains as the spawned
-reference does. One uninterrupted reference launch is shared by the three tests. (Split from
+another world size (via a universal checkpoint), and torchrun without zero.Init trains as the spawned
+reference (built under zero.Init, the default) does. One uninterrupted reference launch is shared by the three tests. (Split from
 test_engine.py so that the two files can run on different test workers.)"""
 
 from __future__ import annotations
@@ -68,14 +68,15 @@ def test_resume_on_another_world_size(tmp_path, stdlib_prefix, tokenizer_dir, re
         assert part[s]["loss"] == pytest.approx(full[s]["loss"], rel=1e-4, abs=1e-4), s
 
 
-def test_torchrun_with_zero_init_matches_the_spawned_reference(tmp_path, stdlib_prefix, tokenizer_dir, reference_run):
-    """The reference run's config (its ranks started directly) under torchrun, with the model built inside
-    deepspeed.zero.Init (stopped after 3 steps): the launcher changes nothing and the seeded init does not
-    depend on partitioning (the step-1 loss is bitwise equal);
+def test_torchrun_without_zero_init_matches_the_spawned_reference(tmp_path, stdlib_prefix, tokenizer_dir, reference_run):
+    """The reference run's config (its ranks started directly, the model built inside deepspeed.zero.Init)
+    under torchrun, with every rank building the whole model and DeepSpeed partitioning it at start-up
+    (training.zero_init false; stopped after 3 steps): the launcher changes nothing and the seeded init does
+    not depend on partitioning (the step-1 loss is bitwise equal);
     later steps agree to float tolerance (zero.Init changes how DeepSpeed lays out the flat partitions,
     hence the summation order)."""
     run_dir = str(tmp_path / "torchrun")
-    cfg = _resume_config(run_dir, stdlib_prefix, tokenizer_dir, grad_accum_steps=1, save_interval=0, zero_init=True)
+    cfg = _resume_config(run_dir, stdlib_prefix, tokenizer_dir, grad_accum_steps=1, save_interval=0, zero_init=False)
     assert_ok(run(write_config(str(tmp_path / "tr.yaml"), cfg), nproc=2, launcher="torchrun",
                   overrides=["training.exit_after_steps=3"]))
     torchrun = step_records(run_dir)
