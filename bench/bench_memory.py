@@ -255,7 +255,7 @@ def deepspeed_estimate(counts: Dict[str, int], ranks: int, stage: int, offload: 
 
 
 def analytic(counts: Dict[str, int], ranks: int, stage: int, precision: str, seq_len: int, micro: int,
-             checkpointing: bool, runtime: int) -> Dict[str, int]:
+             checkpointing: bool, runtime: int, offload: bool) -> Dict[str, int]:
     """Bytes per rank by what holds them (fp32 master weights, Adam's two moments; DeepSpeed's conventions)."""
     p = counts["params"]
     shard = ranks if stage == 3 else 1
@@ -267,8 +267,9 @@ def analytic(counts: Dict[str, int], ranks: int, stage: int, precision: str, seq
     return {
         "runtime (python, torch, deepspeed)": runtime,
         "parameters": param_bytes * p // shard,
-        # DeepSpeed keeps a separate fp32 copy only when the parameters are not fp32 already (stage3.py shares them)
-        "fp32 master copy": (4 * p // (ranks if stage >= 1 else 1)) if precision == "bf16" else 0,
+        # a separate fp32 copy exists for bf16 parameters, and with an offloaded optimizer (its own CPU copy); fp32
+        # parameters on the optimizer's device are the master weights themselves (megadfm/training/zero_memory.py)
+        "fp32 master copy": (4 * p // (ranks if stage >= 1 else 1)) if precision == "bf16" or offload else 0,
         "gradients": 4 * p // (ranks if stage >= 2 else 1),
         "adam moments": 8 * p // (ranks if stage >= 1 else 1),
         "largest layer gathered": (param_bytes * counts["largest_layer"]) if stage == 3 else 0,
@@ -316,7 +317,7 @@ def _bench(args: argparse.Namespace, run_dir: str, cuda: bool) -> int:
     runtime = runtime_bytes()
     estimate = deepspeed_estimate(counts, args.ranks, args.zero_stage, offload)
     parts = analytic(counts, args.ranks, args.zero_stage, cfg["training"]["precision"], args.seq_len, args.micro_batch,
-                     cfg["model"]["activation_checkpointing"], runtime)
+                     cfg["model"]["activation_checkpointing"], runtime, offload)
 
     header = print_header("memory", "deepspeed_estimate",
                           "DeepSpeed's estimate of the model states per rank (estimate_zero*_model_states_mem_needs)",
