@@ -34,7 +34,7 @@ help:
 	@echo "make gpu-wheels    - build artifacts/gpu_wheels/ for bench/gpu_check.sh (needs network; docs/GPU_CHECK.md)"
 	@echo "make gpu-check-dry - check that folder and print the GPU check's plan (no GPU needed)"
 	@echo "make ar2dfm    - the AR -> DFM experiment (examples/ar_to_dfm/): AR pretrain, export, convert, 4 DFM runs, report (~45 min)"
-	@echo "make scale-smoke - a Qwen3-0.6B-shape DFM on 2 CPU ranks: 3 steps, save, resume, offload, export, memory per phase vs DeepSpeed's estimate (~20 min, < 24 GiB)"
+	@echo "make scale-smoke - a Qwen3-0.6B-shape DFM on 2 CPU ranks: 3 steps, save, resume, offload, export, memory per phase vs DeepSpeed's estimate (~13 min, < 24 GiB)"
 
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
