@@ -19,7 +19,7 @@ CUDA). It prints, per phase, the peak of the worst rank and its ratio to the bas
 Next to it, the analytic count per rank: parameters, gradients and Adam moments (their partitions),
 DeepSpeed's fp32 master copy, the largest layer gathered, checkpointed activations, the loss's
 [chunk, vocab] logit block, and the process's own runtime (Python, torch and DeepSpeed imported,
-nothing built: measured in a separate process).
+nothing built: the ranks' own "imports" phase).
 
 A watchdog samples every rank's resident set (``--sample-interval``) and stops the run when one passes
 ``--rss-limit-gb`` or the machine's available memory falls under ``--min-available-gb``, instead of
@@ -193,16 +193,6 @@ def launch(args: argparse.Namespace, config_path: str, cuda: bool, log_path: str
         return watch(proc, args)
 
 
-def runtime_bytes() -> int:
-    """Resident set of a process that imported torch, DeepSpeed and megadfm's trainer and built nothing."""
-    code = ("import deepspeed, megadfm.training.trainer;"
-            "from megadfm.training.memory import resident_bytes; print(resident_bytes())")
-    env = dict(os.environ, **RUN_ENV)
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
-
-
 def rank_records(run_dir: str, ranks: int) -> Dict[int, List[Dict]]:
     """Each rank's phase records of its newest invocation (a resumed run appends to the same file)."""
     from megadfm.training.memory import memory_log_path, read_memory_log
@@ -281,7 +271,7 @@ def analytic(counts: Dict[str, int], ranks: int, stage: int, precision: str, seq
 
 # ---- report ---------------------------------------------------------------------------------------
 
-PHASE_ORDER = ("model built", "init_from loaded", "engine initialised", "checkpoint resumed", "until the first step",
+PHASE_ORDER = ("imports", "model built", "init_from loaded", "engine initialised", "checkpoint resumed", "until the first step",
                "first forward", "first backward", "first optimizer step", "later steps", "first save")
 
 
@@ -314,10 +304,7 @@ def _bench(args: argparse.Namespace, run_dir: str, cuda: bool) -> int:
     counts = model_counts(cfg)
     with open(cfg["training"]["ds_config"]) as f:
         offload = "offload_optimizer" in json.load(f).get("zero_optimization", {})
-    runtime = runtime_bytes()
     estimate = deepspeed_estimate(counts, args.ranks, args.zero_stage, offload)
-    parts = analytic(counts, args.ranks, args.zero_stage, cfg["training"]["precision"], args.seq_len, args.micro_batch,
-                     cfg["model"]["activation_checkpointing"], runtime, offload)
 
     header = print_header("memory", "deepspeed_estimate",
                           "DeepSpeed's estimate of the model states per rank (estimate_zero*_model_states_mem_needs)",
@@ -330,6 +317,10 @@ def _bench(args: argparse.Namespace, run_dir: str, cuda: bool) -> int:
     w = launch(args, config_path, cuda, log_path)
     records = rank_records(run_dir, args.ranks)
     ok = w.stopped is None and w.returncode == 0
+    # the runtime is what the ranks held once imported, before building anything ("imports" phase)
+    runtime = max((r["end_bytes"] for recs in records.values() for r in recs if r["phase"] == "imports"), default=0)
+    parts = analytic(counts, args.ranks, args.zero_stage, cfg["training"]["precision"], args.seq_len, args.micro_batch,
+                     cfg["model"]["activation_checkpointing"], runtime, offload)
 
     metric = "gib_per_rank"
     results = {"deepspeed_estimate": {metric: summarize([estimate / GIB])}}

@@ -8,7 +8,8 @@ A phase runs from the previous mark to this one (the first from process start). 
 - CUDA: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``, reset with
   ``reset_peak_memory_stats`` at every mark.
 
-The trainer marks "model built", "init_from loaded", "engine initialised"; :class:`MemoryCallback`
+The trainer marks "imports" (the runtime: Python, torch, DeepSpeed, the process group), "model built",
+"init_from loaded", "engine initialised" and "checkpoint resumed"; :class:`MemoryCallback`
 marks the first step's "forward", "backward" and "optimizer step", the "later steps" (the peak of every
 step after the first, written when training ends) and the first checkpoint's "save".
 Each mark is one log line, and one JSON line appended to ``telemetry/memory_rank{R}.jsonl`` in the run

@@ -91,6 +91,7 @@ class Trainer:
         set_mmap_threshold(tcfg.host_mmap_threshold_kib)  # before anything large is allocated
         # peak and level of every start-up phase, logged and kept in telemetry/ (megadfm/training/memory.py)
         self.memory = MemoryPhases(self.device, memory_log_path(self.out_dir, rank))
+        self.memory.mark("imports")  # Python, torch, DeepSpeed and the process group: the runtime before any model
         model = self._build_model(deepspeed)
         self.module = DFMTrainingModule(model, cfg.dfm, self.scheduler, cfg.data.pad_token_id)
         if tcfg.zero_stage == 3:

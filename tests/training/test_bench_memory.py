@@ -16,7 +16,7 @@ from megadfm.training.memory import memory_log_path, read_memory_log
 from tests.conftest import REPO
 from tests.training.engine_helpers import TEST_ENV
 
-PHASES = ["model built", "engine initialised", "until the first step", "first forward", "first backward",
+PHASES = ["imports", "model built", "engine initialised", "until the first step", "first forward", "first backward",
           "first optimizer step", "later steps", "first save"]
 
 
@@ -34,11 +34,13 @@ def test_tiny_shape_two_ranks_every_phase_against_the_estimate(tmp_path, stdlib_
         phases = extra["phases"][rank]
         assert [p["phase"] for p in phases] == PHASES
         assert all(p["peak_bytes"] >= p["end_bytes"] > 0 for p in phases)
-        assert all(p["peak_scope"] == "phase" for p in phases[1:])
+        assert phases[0]["peak_scope"] == "process" and all(p["peak_scope"] == "phase" for p in phases[1:])
         # the file the ranks wrote is what the bench read
         assert [p["phase"] for p in read_memory_log(memory_log_path(run_dir, int(rank)))] == PHASES
     ratios = {r["name"]: r for r in record["ratios"]}
     assert set(ratios) == {f"{p} / estimate" for p in PHASES}
+    imports = max(p["end_bytes"] for rank in ("0", "1") for p in extra["phases"][rank] if p["phase"] == "imports")
+    assert extra["analytic_bytes"]["runtime (python, torch, deepspeed)"] == imports
     worst_step = max(p["peak_bytes"] for rank in ("0", "1") for p in extra["phases"][rank] if p["phase"] == "later steps")
     assert ratios["later steps / estimate"]["value"] == pytest.approx(worst_step / extra["estimate_bytes"], rel=1e-9)
     assert "later steps" in out.stdout and "deepspeed estimate" in out.stdout
