@@ -104,11 +104,23 @@ class MemoryPhases:
         if self.device_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
+    def _open_phase_peak(self) -> int:
+        """The peak of the phase now running: torch's max allocated on CUDA, the resident high-water mark on CPU."""
+        if self.device_type == "cuda":
+            return torch.cuda.max_memory_allocated()
+        return resident_peak_bytes() or 0
+
+    def peak_since_start_bytes(self) -> int:
+        """The process's peak since it started (what the step log reports as mem_max_gb). Every mark resets the
+        counters the peak is read from (on Linux ``getrusage``'s ru_maxrss too), so it is the largest of the
+        recorded phases' peaks and the running phase's."""
+        return max([r.peak_bytes for r in self.records] + [self._open_phase_peak()])
+
     def mark(self, phase: str) -> PhaseMemory:
         """Record the phase that ends now, log it, and start the next one."""
         rss_peak = resident_peak_bytes()
         if self.device_type == "cuda":
-            rec = PhaseMemory(phase, torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated(), "phase", "cuda",
+            rec = PhaseMemory(phase, self._open_phase_peak(), torch.cuda.memory_allocated(), "phase", "cuda",
                               reserved_peak_bytes=torch.cuda.max_memory_reserved(), rss_peak_bytes=rss_peak)
             torch.cuda.reset_peak_memory_stats()
         else:
@@ -124,6 +136,3 @@ class MemoryPhases:
                     rec.end_bytes / GIB, "torch allocator" if rec.device == "cuda" else "resident set",
                     "" if rec.peak_scope == "phase" else "; peak since process start")
         return rec
-
-    def as_list(self) -> List[Dict[str, object]]:
-        return [r.as_dict() for r in self.records]

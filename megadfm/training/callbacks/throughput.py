@@ -1,9 +1,9 @@
-"""Tokens per second (real tokens of all ranks, padding excluded), MFU and peak memory of each step."""
+"""Tokens per second (real tokens of all ranks, padding excluded), MFU, and the process's peak memory so far
+(megadfm/training/memory.py), at each step."""
 
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from typing import TYPE_CHECKING
 
@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from megadfm.training.trainer import Trainer
 
 logger = logging.getLogger("megadfm")
-
-
-def peak_memory_gb() -> float:
-    """Peak GPU memory allocated by torch, or the process's peak resident set on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 class ThroughputCallback(Callback):
@@ -43,7 +36,7 @@ class ThroughputCallback(Callback):
             dist.all_reduce(tokens)
         elapsed = time.time() - state.started
         tps = float(tokens) / elapsed
-        state.scalars.update(tokens_per_s=tps, step_time_s=elapsed, mem_max_gb=peak_memory_gb(),
+        state.scalars.update(tokens_per_s=tps, step_time_s=elapsed, mem_max_gb=trainer.memory.peak_since_start_bytes() / 2**30,
                              grad_accum_steps=trainer.cfg.training.grad_accum_steps)
         m = mfu(trainer.cfg.model, trainer.cfg.data.seq_len, tps / trainer.world_size, self.peak_flops)
         if m is not None:
