@@ -36,7 +36,6 @@ One JSON line (bench/common.py) holds every phase of every rank, the estimates a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -297,13 +296,14 @@ def main(argv=None) -> int:
 def _bench(args: argparse.Namespace, run_dir: str, cuda: bool) -> int:
     import yaml
 
+    from megadfm.training.ds_config import load_ds_template
+
     cfg = run_config(args, run_dir, cuda)
     config_path = os.path.join(run_dir, "bench_config.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(cfg, f)
     counts = model_counts(cfg)
-    with open(cfg["training"]["ds_config"]) as f:
-        offload = "offload_optimizer" in json.load(f).get("zero_optimization", {})
+    offload = "offload_optimizer" in load_ds_template(cfg["training"]["ds_config"]).get("zero_optimization", {})
     estimate = deepspeed_estimate(counts, args.ranks, args.zero_stage, offload)
 
     header = print_header("memory", "deepspeed_estimate",
