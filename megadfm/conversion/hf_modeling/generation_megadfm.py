@@ -140,6 +140,25 @@ def sample_from_logits(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
 
 
+def greedy_with_confidence(logits, kind):
+    """Greedy tokens and (if ``kind``) confidences from fp32 logits with no filters, without the [N, V] softmax:
+    p(token) = exp(max - logsumexp), the margin from the top two logits; entropy takes the softmax."""
+    if kind == "entropy":
+        probs = torch.softmax(logits, dim=-1)
+        tokens = probs.argmax(dim=-1)
+        return tokens, confidence_scores(probs, tokens, kind)
+    values, tokens = logits.max(dim=-1)
+    if kind is None:
+        return tokens, None
+    lse = torch.logsumexp(logits, dim=-1)
+    if kind == "probability":
+        return tokens, (values - lse).exp()
+    if kind == "margin":
+        top2 = torch.topk(logits, 2, dim=-1).values
+        return tokens, (top2[:, 0] - lse).exp() - (top2[:, 1] - lse).exp()
+    raise ValueError(f"confidence must be one of {', '.join(CONFIDENCES)}, got {kind!r}")
+
+
 def confidence_scores(probs, tokens, kind):
     """Higher is more confident: p(drawn token), top1 - top2, or -entropy."""
     if kind == "probability":
@@ -337,14 +356,19 @@ class State:
         s, vocab = self.s, self.model.config.vocab_size
         weight = self.model.lm_head.weight
         chunk = max(1, LOGITS_BUDGET // vocab)
+        plain_greedy = s["temperature"] == 0.0 and s["top_k"] == 0 and s["top_p"] == 1.0
         tokens, scores = [], []
         for lo in range(0, hidden.shape[0], chunk):
             logits = F.linear(hidden[lo: lo + chunk], weight).float()
             logits[:, self.mask_id:] = float("-inf")
-            drawn, probs = sample_from_logits(logits, s["temperature"], s["top_k"], s["top_p"], self.generator)
+            if plain_greedy:
+                drawn, score = greedy_with_confidence(logits, confidence)
+            else:
+                drawn, probs = sample_from_logits(logits, s["temperature"], s["top_k"], s["top_p"], self.generator)
+                score = None if confidence is None else confidence_scores(probs, drawn, confidence)
             tokens.append(drawn)
-            if confidence is not None:
-                scores.append(confidence_scores(probs, drawn, confidence))
+            if score is not None:
+                scores.append(score)
         token = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long, device=hidden.device)
         if confidence is None:
             return token, None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import torch
 
-from megadfm.dfm.logits_processing import confidence_scores, sample_from_logits
+from megadfm.dfm.logits_processing import confidence_scores, greedy_with_confidence, sample_from_logits
 from megadfm.dfm.sampling.context import SamplingContext
 from megadfm.dfm.sampling.forward import Block
 from megadfm.dfm.schedulers import Scheduler
@@ -58,14 +58,19 @@ def draw_tokens(model: torch.nn.Module, hidden: torch.Tensor, cfg: SamplerConfig
     mask, are never drawn.
     """
     chunk = max(1, LOGITS_BUDGET // model.cfg.vocab_size)
+    plain_greedy = cfg.temperature == 0.0 and cfg.top_k == 0 and cfg.top_p == 1.0
     tokens, scores = [], []
     for lo in range(0, hidden.shape[0], chunk):
         logits = model.logits(hidden[lo: lo + chunk]).float()
         logits[:, model.cfg.mask_token_id + 1:] = float("-inf")
-        drawn, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        if plain_greedy:  # no [N, V] softmax (greedy_with_confidence)
+            drawn, score = greedy_with_confidence(logits, confidence)
+        else:
+            drawn, probs = sample_from_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+            score = None if confidence is None else confidence_scores(probs, drawn, confidence)
         tokens.append(drawn)
-        if confidence is not None:
-            scores.append(confidence_scores(probs, drawn, confidence))
+        if score is not None:
+            scores.append(score)
     token = torch.cat(tokens) if tokens else torch.zeros(0, dtype=torch.long, device=hidden.device)
     if confidence is None:
         return token, None
