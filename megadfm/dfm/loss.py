@@ -112,7 +112,15 @@ def scored_weighted_loss(model: torch.nn.Module, hidden: torch.Tensor, x1: torch
     same shift). ``position_weights`` [B, L] (optional batch key ``loss_weights``) is indexed by the
     *target* position; its scored entries are ``position_weights[scored]`` (row-major, the order of CE)."""
     hidden_sel, targets, target = _scored_predictions(hidden, x1, scored, segment_start, shift)
-    row = target // x1.shape[1]
+    return weighted_prediction_loss(model, hidden_sel, targets, target, x1.shape[1], row_weights, position_weights)
+
+
+def weighted_prediction_loss(model: torch.nn.Module, hidden_sel: torch.Tensor, targets: torch.Tensor, target: torch.Tensor,
+                             seq_len: int, row_weights: torch.Tensor, position_weights: Optional[torch.Tensor] = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`scored_weighted_loss` once the predicting hidden states [N, H], their clean tokens [N] and the flat
+    target positions [N] (into [B * seq_len]) are known (block diffusion picks them from two streams)."""
+    row = target // seq_len
     if row.numel() == 0:  # nothing masked (possible for tiny r): no CE, not an error
         return hidden_sel.new_zeros((), dtype=torch.float32), hidden_sel.new_zeros(0, dtype=torch.float32), row
     token_weights = row_weights.index_select(0, row)

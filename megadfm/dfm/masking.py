@@ -106,7 +106,8 @@ def corruption_pattern(mask_ratio: torch.Tensor, shape: torch.Size, block_rows: 
     """
     bsz, seq_len = shape
     device = mask_ratio.device
-    r = mask_ratio.to(torch.float32)[:, None]
+    r = mask_ratio.to(torch.float32)
+    r = r[:, None] if r.dim() == 1 else r  # per row [B], or per token [B, L] (block diffusion)
     per_token = torch.rand((bsz, seq_len), generator=generator, device=device) < r
     if block_size <= 1 or not bool(block_rows.any()):
         return per_token

@@ -55,9 +55,13 @@ def maskable_positions(loss_mask: torch.Tensor, segment_start: torch.Tensor, shi
 
 def corrupt(x1: torch.Tensor, maskable: torch.Tensor, mask_ratio: torch.Tensor, cfg: DFMConfig,
             generator: torch.Generator, mask_token_id: int, block_rows: Optional[torch.Tensor] = None) -> Corruption:
-    """Sample x_t ~ p_t(. | x_1): corrupt maskable positions with per-row probability ``mask_ratio`` [B]."""
-    if mask_ratio.shape != (x1.shape[0],):
-        raise ValueError(f"mask_ratio must have shape [B]={x1.shape[0]}, got {tuple(mask_ratio.shape)}")
+    """Sample x_t ~ p_t(. | x_1): corrupt maskable positions with per-row probability ``mask_ratio`` [B]
+    (or per-token [B, L]: block diffusion's one t per block; the same random draws either way)."""
+    if mask_ratio.shape not in ((x1.shape[0],), tuple(x1.shape)):
+        raise ValueError(f"mask_ratio must have shape [B]={x1.shape[0]} or [B, L]={list(x1.shape)}, "
+                         f"got {tuple(mask_ratio.shape)}")
+    if mask_ratio.dim() == 2 and block_rows is not None and bool(block_rows.any()):
+        raise ValueError("CoDA's block masking draws one ratio per row; it cannot take a per-token mask_ratio")
     if block_rows is None:
         block_rows = torch.zeros(x1.shape[0], dtype=torch.bool, device=x1.device)
     corrupted = corruption_pattern(mask_ratio, x1.shape, block_rows, cfg.block_mask_size, generator) & maskable

@@ -117,7 +117,9 @@ def _run(model, input_ids: torch.Tensor, t: Optional[torch.Tensor], positions: t
     kernels = model.kernels_for(input_ids.device)
     x = model.embed_tokens(input_ids)
     cos, sin = rotary_cos_sin(positions.expand(B, L), cfg.resolved_head_dim, cfg.rope_theta, x.dtype)
-    cond = model._time_condition(t, B)
+    if t is not None and t.dim() != 1:
+        raise ValueError(f"the cached forward takes one t per row (t [B] = [{B}]), got shape {tuple(t.shape)}")
+    cond = model._time_condition(t, B, L)
     fresh: List[KV] = []
     for i, layer in enumerate(model.layers):
         x, kv = _layer(layer, x, cos, sin, kernels, cond, None if past is None else past[i], mask)

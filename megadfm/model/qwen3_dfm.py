@@ -35,7 +35,7 @@ from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
 from megadfm.model.kernels.rotary import rotary_cos_sin
 from megadfm.model.kv_cache import KVCache, Positions
 from megadfm.model.param_init import Embedding, Linear, ParamInit
-from megadfm.model.time_conditioning import AdaLNProjection, AdaLNTable, TimeEmbedding, make_block_adaln
+from megadfm.model.time_conditioning import AdaLNProjection, AdaLNTable, TimeEmbedding, TokenTimes, make_block_adaln
 
 logger = logging.getLogger("megadfm.model")
 
@@ -101,16 +101,26 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, init.dtype)
         self.adaln = make_block_adaln(cfg.time_conditioning, cfg.hidden_size, init)
 
-    def forward(self, x, cos, sin, layout, kernels: KernelSet, cond: Optional[torch.Tensor]):
-        """cond: the per-block input of the modulation (c [B, H] for adaln, the shared [B, 6, H] for adaln_single)."""
+    def forward(self, x, cos, sin, layout, kernels: KernelSet, cond):
+        """cond: the per-block input of the modulation (c [B, H] for adaln, the shared [B, 6, H] for adaln_single),
+        or a :class:`TokenTimes` when t differs between the tokens of a row."""
         if cond is None:
             x = x + self.self_attn(self.input_layernorm(x, kernels), cos, sin, layout, kernels)
             return x + self.mlp(self.post_attention_layernorm(x, kernels))
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(cond).unbind(1)
-        h = self.input_layernorm(x, kernels, shift_a, scale_a)
-        x = kernels.gated_residual(x, self.self_attn(h, cos, sin, layout, kernels), gate_a)
-        h = self.post_attention_layernorm(x, kernels, shift_m, scale_m)
-        return kernels.gated_residual(x, self.mlp(h), gate_m)
+        B, L, H = x.shape
+        if isinstance(cond, TokenTimes):
+            # One modulation per token: the modulation kernels take one [H] vector per row, so the tokens are
+            # handed to them as B*L rows of length 1 (no kernel needs a per-token variant).
+            mods = self.adaln(cond.values).index_select(0, cond.index.reshape(-1))
+            rows, back = (lambda y: y.reshape(B * L, 1, H)), (lambda y: y.reshape(B, L, H))
+        else:
+            mods = self.adaln(cond)
+            rows = back = (lambda y: y)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods.unbind(1)
+        h = back(self.input_layernorm(rows(x), kernels, shift_a, scale_a))
+        x = back(kernels.gated_residual(rows(x), rows(self.self_attn(h, cos, sin, layout, kernels)), gate_a))
+        h = self.post_attention_layernorm(rows(x), kernels, shift_m, scale_m)
+        return back(kernels.gated_residual(rows(x), self.mlp(h), gate_m))
 
 
 class Qwen3DFM(nn.Module):
@@ -136,6 +146,7 @@ class Qwen3DFM(nn.Module):
         self.adaln_single = AdaLNProjection(cfg.hidden_size, init) if cfg.time_conditioning == "adaln_single" else None
         self.activation_checkpointing = cfg.activation_checkpointing
         self._kernels: Dict[str, KernelSet] = {}
+        self._dense_mask_reasons: set = set()  # why attention fell back to a dense mask (logged once per reason)
         # set per step by the training's AttentionAnnealCallback while dfm.attention_anneal_steps lasts; None: the
         # model attends as attention_mode says (never saved: the step alone determines it)
         self.attention_anneal: Optional[AttentionAnneal] = None
@@ -201,12 +212,17 @@ class Qwen3DFM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attention_mask: Optional[torch.Tensor] = None,
+                attention_allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids [B, L] (+ t [B] in [0, 1], 1 = clean) -> hidden states [B, L, H] after the final norm.
 
         Attention stays within each segment of ``cu_seqlens`` (over the flattened B*L tokens) and
         never reaches keys where ``attention_mask`` is False. ``position_ids`` default to positions
         restarting at every segment start (or 0..L-1 per row without cu_seqlens).
+
+        Block diffusion (megadfm/dfm/block_diffusion.py) passes t [B, L] (a time per token) and
+        ``attention_allowed`` bool [B, L, L] (query x key; an explicit pattern, combined with the rules
+        above, bidirectional model only), which uses torch's SDPA with that dense mask.
         """
         cfg = self.cfg
         if input_ids.dim() != 2:
@@ -216,8 +232,15 @@ class Qwen3DFM(nn.Module):
             raise ValueError(f"sequence length {L} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
         kernels = self.kernels_for(input_ids.device)
         anneal = self.attention_anneal if cfg.attention_mode == "bidirectional" else None
-        if anneal is not None:  # causal + a fraction of future keys: an explicit mask (megadfm/model/attention_anneal.py)
-            kernels = self._annealing_kernels(kernels)
+        if attention_allowed is not None:
+            if cfg.attention_mode != "bidirectional" or anneal is not None:
+                raise ValueError("attention_allowed (block diffusion) needs model.attention_mode: bidirectional and no "
+                                 "attention annealing")
+            kernels = self._dense_mask_kernels(kernels, "block diffusion's two-stream mask")
+            layout = AttentionLayout(B, L, input_ids.device, False, cu_seqlens, max_seqlen, attention_mask,
+                                     allowed=attention_allowed)
+        elif anneal is not None:  # causal + a fraction of future keys: an explicit mask (megadfm/model/attention_anneal.py)
+            kernels = self._dense_mask_kernels(kernels, "attention annealing, while the anneal lasts")
             layout = AttentionLayout(B, L, input_ids.device, True, cu_seqlens, max_seqlen, attention_mask,
                                      future_visible=anneal.future_visible(B, L, input_ids.device))
         else:
@@ -228,7 +251,7 @@ class Qwen3DFM(nn.Module):
                 torch.arange(L, device=input_ids.device).expand(B, L)
         x = self.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(position_ids, cfg.resolved_head_dim, cfg.rope_theta, x.dtype)
-        cond = self._time_condition(t, B)
+        cond = self._time_condition(t, B, L)
         for layer in self.layers:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, layout, kernels, cond, use_reentrant=False)
@@ -236,25 +259,33 @@ class Qwen3DFM(nn.Module):
                 x = layer(x, cos, sin, layout, kernels, cond)
         return self.norm(x, kernels)
 
-    def _annealing_kernels(self, kernels: KernelSet) -> KernelSet:
-        """The kernel set with torch's SDPA attention (the annealing mask is explicit; flash varlen takes none)."""
+    def _dense_mask_kernels(self, kernels: KernelSet, why: str) -> KernelSet:
+        """The kernel set with torch's SDPA attention (an explicit mask; flash varlen takes none)."""
         if not kernels.attention_is_varlen:
             return kernels
-        key = f"{kernels.device_type}:annealing"
+        key = f"{kernels.device_type}:dense_mask"
         if key not in self._kernels:
-            logger.info("attention annealing: torch SDPA with a dense mask instead of %s while the anneal lasts",
-                        kernels.chosen.get("attention", "the fused attention"))
             self._kernels[key] = dataclasses.replace(kernels, attention=attention_torch, attention_is_varlen=False)
+        if why not in self._dense_mask_reasons:
+            self._dense_mask_reasons.add(why)
+            logger.info("attention: torch SDPA with a dense mask instead of %s (%s)",
+                        kernels.chosen.get("attention", "the fused attention"), why)
         return self._kernels[key]
 
-    def _time_condition(self, t: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
+    def _time_condition(self, t: Optional[torch.Tensor], batch_size: int, seq_len: int):
+        """None, the conditioning [B, ...] of t [B], or a :class:`TokenTimes` for t [B, L] (a time per token)."""
         if self.time_embedding is None:
             return None
         if t is None:
             raise ValueError(f"time_conditioning={self.cfg.time_conditioning!r} needs t [B] in [0, 1] "
                              "(t = 1 is clean data; pass torch.ones(B) for unmasked input)")
+        if t.shape == (batch_size, seq_len) and t.dim() == 2:
+            times, index = torch.unique(t, return_inverse=True)
+            c = self.time_embedding(times)
+            return TokenTimes(self.adaln_single(c) if self.adaln_single is not None else c, index)
         if t.shape != (batch_size,):
-            raise ValueError(f"t must have shape [B] = [{batch_size}], got {tuple(t.shape)}")
+            raise ValueError(f"t must have shape [B] = [{batch_size}] (or [B, L] = [{batch_size}, {seq_len}], a time "
+                             f"per token), got {tuple(t.shape)}")
         c = self.time_embedding(t)
         return self.adaln_single(c) if self.adaln_single is not None else c
 

@@ -21,7 +21,7 @@ every pretrained block, so it is not used here; the gate enters as 1 + gate.)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -79,6 +79,18 @@ class AdaLNTable(nn.Module):
 
     def forward(self, shared: torch.Tensor) -> torch.Tensor:
         return shared + self.table[None]
+
+
+class TokenTimes(NamedTuple):
+    """Time conditioning that differs between the tokens of a row (block diffusion's two streams: the noisy
+    block at its t, the clean context at t = 1): the conditioning of each distinct t, and which one each token uses.
+
+    Every block computes its modulations once per distinct t (``values``), not once per token: a row has
+    only a few times, and the projection is H x 6H per block.
+    """
+
+    values: torch.Tensor  # [U, H] (adaln) or [U, 6, H] (adaln_single's shared modulation): one per distinct t
+    index: torch.Tensor  # long [B, L]: the row of ``values`` each token uses
 
 
 def make_block_adaln(mode: str, hidden_size: int, init: ParamInit) -> Optional[nn.Module]:

@@ -56,6 +56,8 @@ class AttentionLayout:
         causal: attend to keys j <= i only (AR parity / warm-up) instead of bidirectionally.
         future_visible: bool [B, L, L], with causal: future keys (j > i) that are visible too
             (attention annealing; forces the dense torch form).
+        allowed: bool [B, L, L] (query x key), without causal: an explicit pattern, ANDed with the
+            segment and key-padding rules (block diffusion's two-stream mask; forces the dense torch form).
         cu_seqlens: int [N+1] boundaries over the flattened B*L tokens (documents and padding runs
             are segments; every row start b*L must be a boundary). None: one segment per row.
         max_seqlen: longest segment (computed when None).
@@ -71,8 +73,16 @@ class AttentionLayout:
     def __init__(self, batch_size: int, seq_len: int, device: torch.device, causal: bool,
                  cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
                  attention_mask: Optional[torch.Tensor] = None, varlen: bool = False,
-                 per_segment: Optional[bool] = None, future_visible: Optional[torch.Tensor] = None):
+                 per_segment: Optional[bool] = None, future_visible: Optional[torch.Tensor] = None,
+                 allowed: Optional[torch.Tensor] = None):
         self.batch_size, self.seq_len, self.causal = batch_size, seq_len, causal
+        if allowed is not None:
+            if causal or varlen or future_visible is not None or tuple(allowed.shape) != (batch_size, seq_len, seq_len):
+                raise ValueError("allowed (an explicit attention pattern) needs causal=False, varlen=False, no "
+                                 f"future_visible and shape [B, L, L] = [{batch_size}, {seq_len}, {seq_len}], got "
+                                 f"{tuple(allowed.shape)}")
+            per_segment = False
+        self.allowed = None if allowed is None else allowed.to(device=device, dtype=torch.bool)
         if future_visible is not None:  # attention annealing: an explicit mask, so the dense torch form
             if not causal or varlen or tuple(future_visible.shape) != (batch_size, seq_len, seq_len):
                 raise ValueError("future_visible (attention annealing) needs causal=True, varlen=False and shape "
@@ -104,7 +114,7 @@ class AttentionLayout:
         """Pick and build the torch form (plain, per-segment or dense mask); log each choice once."""
         B, L = self.batch_size, self.seq_len
         lengths = [L] * B if self.cu_seqlens is None else (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
-        if len(lengths) == B and self.key_valid is None and self.future_visible is None:
+        if len(lengths) == B and self.key_valid is None and self.future_visible is None and self.allowed is None:
             return  # plain rows (cu_seqlens, if any, are just the row starts)
         if per_segment is None:
             per_segment = per_segment_is_cheaper(lengths, B, L)
@@ -152,6 +162,8 @@ class AttentionLayout:
             allowed = torch.ones(self.batch_size, L, L, dtype=torch.bool, device=device)
         if self.key_valid is not None:
             allowed = allowed & self.key_valid[:, None, :]
+        if self.allowed is not None:
+            allowed = allowed & self.allowed
         if self.causal:
             visible = torch.ones(L, L, dtype=torch.bool, device=device).tril()
             if self.future_visible is not None:  # annealing: some future keys too (megadfm/model/attention_anneal.py)
