@@ -24,6 +24,14 @@ class DFMConfig:
         "dfm", "dfm: the discrete flow-matching loss. ar: next-token CE of a causal model (model.attention_mode: causal; "
         "needs loss_weighting: none, loss_normalizer: masked, shift_logits: true and no CoDA strategy), the loss of "
         "transformers' Qwen3ForCausalLM, for AR pretraining in the same engine (megadfm/dfm/ar_loss.py).")
+    mode: Literal["full", "block"] = doc(
+        "full", "full: attention is bidirectional over the whole document. block: block diffusion (BD3LM): bidirectional "
+        "inside blocks of block_size tokens, causal across blocks, trained on the two-stream [x_t | x_0] layout, and "
+        "decoded block by block with an exact K/V cache (megadfm/dfm/block_diffusion.py, docs/BLOCK_DIFFUSION.md).")
+    block_size: int = doc(32, "With mode: block, tokens per block, counted from the start of each document.")
+    block_t: Literal["row", "block"] = doc(
+        "row", "With mode: block, row: every block of a row is corrupted at the row's t; block: each block at its own t "
+        "(spread from the row's by golden-ratio offsets; evaluation always uses the row's).")
     scheduler: Literal["polynomial", "linear", "cosine"] = doc("polynomial", "kappa(t): polynomial t^n, linear (n = 1) or cosine.")
     scheduler_exponent: float = doc(1.0, "n of the polynomial scheduler kappa(t) = t^n.")
     source: Literal["mask", "uniform", "mixture"] = doc("mask", "Source distribution at t = 0: all <|mask|>, uniform real tokens [0, mask_token_id), or a mixture. "
@@ -69,6 +77,15 @@ class DFMConfig:
                                  ("prefix_mask_prob", 0.0), ("truncate_suffix_prob", 0.0), ("block_mask_prob", 0.0)):
                 require(getattr(self, name) == wanted, name, f"must be {wanted!r} with objective: ar (the mean next-token "
                         f"cross-entropy of transformers' Qwen3ForCausalLM), got {getattr(self, name)!r}")
+        require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        if self.mode == "block":  # what the two-stream layout does not implement is refused, not ignored
+            require(self.objective == "dfm", "mode", f"block needs objective: dfm, got {self.objective!r}")
+            require(self.source == "mask", "source", f"block mode needs source: mask, got {self.source!r}")
+            require(self.attention_anneal_steps == 0, "attention_anneal_steps",
+                    "must be 0 with mode: block (block mode has its own attention pattern)")
+            for name in ("prefix_mask_prob", "truncate_suffix_prob", "block_mask_prob"):
+                require(getattr(self, name) == 0.0, name, "CoDA's strategies are not implemented for mode: block; "
+                        f"must be 0, got {getattr(self, name)}")
         if self.loss_weighting in LOSS_PRESETS:
             # The preset picks the normaliser; any other explicit choice would be silently ignored.
             preset = LOSS_PRESETS.get(self.loss_weighting)
