@@ -23,9 +23,10 @@ import torch
 
 from megadfm.dfm.config import DFMConfig
 from megadfm.dfm.layout import GenerationLayout, build_layout
-from megadfm.dfm.sampler_config import SampleResult, SamplerConfig
+from megadfm.dfm.sampler_config import BLOCK_METHODS, SampleResult, SamplerConfig
 from megadfm.dfm.sampling import SAMPLER_METHODS
 from megadfm.dfm.sampling.context import SamplingContext
+from megadfm.dfm.sampling.block_causal_forward import BlockCacheForward, BlockCausalForward
 from megadfm.dfm.sampling.cached_forward import CachedForward
 from megadfm.dfm.sampling.forward import FullSequenceForward, ModelForward
 from megadfm.dfm.sampling.steps import time_grid
@@ -46,8 +47,23 @@ def _initial_state(layout: GenerationLayout, dfm: DFMConfig, mask_id: int, gener
     return torch.where(layout.generate & use_uniform, noise, x)
 
 
-def make_forward(model: torch.nn.Module, layout: GenerationLayout, shift: bool, cache: str) -> ModelForward:
-    """The model seam of ``SamplerConfig.cache``: none (exact, full forwards) or the prefix / dual block caches."""
+def make_forward(model: torch.nn.Module, layout: GenerationLayout, dfm: DFMConfig, cache: str,
+                 method: str, block_length: int = 0) -> ModelForward:
+    """The model seam of ``SamplerConfig.cache``: none (exact, full forwards) or the prefix / dual block caches;
+    for a block-diffusion model (``dfm.mode: block``) the two-stream forward, or its exact prefix cache."""
+    shift = dfm.shift_logits
+    if dfm.mode == "block":
+        if block_length not in (0, dfm.block_size):
+            raise ValueError(f"block_length: a block-diffusion model decodes in its own blocks of dfm.block_size = "
+                             f"{dfm.block_size}; leave block_length 0 (or {dfm.block_size}), got {block_length}")
+        if method not in BLOCK_METHODS:
+            raise ValueError(f"method: {method} decodes every new position at once; a block-diffusion model "
+                             f"(dfm.mode: block) decodes block by block: use one of {', '.join(BLOCK_METHODS)}")
+        if cache == "dual":
+            raise ValueError("cache: dual caches what follows the block, which a block-diffusion model never attends "
+                             "to; use cache: prefix (exact in block mode) or none")
+        forward = BlockCacheForward if cache == "prefix" else BlockCausalForward
+        return forward(model, layout, shift, dfm.block_size)
     if cache == "none":
         return FullSequenceForward(model, layout, shift)
     return CachedForward(model, layout, shift, cache)
@@ -75,7 +91,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     x = _initial_state(layout, dfm, mask_id, generator)
 
     ctx = SamplingContext(model, x, layout, cfg, dfm, scheduler, mask_id, generator,
-                          forward=make_forward(model, layout, dfm.shift_logits, cfg.cache))
+                          forward=make_forward(model, layout, dfm, cfg.cache, cfg.method, cfg.block_length))
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -40,13 +40,16 @@ KV = Tuple[torch.Tensor, torch.Tensor]
 
 def forward_with_cache(model, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None,
                        attention_mask: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
-                       cache_positions: Optional[Positions] = None) -> Tuple[torch.Tensor, KVCache]:
+                       cache_positions: Optional[Positions] = None,
+                       block_size: Optional[int] = None) -> Tuple[torch.Tensor, KVCache]:
     """Full forward of input_ids [B, L] (t [B]; attention_mask bool [B, L], False on padding) returning the
     hidden states [B, L, H] after the final norm and a KVCache of ``cache_positions`` (default: all L).
 
     ``cu_seqlens`` may only be None or the row starts [0, L, 2L, ..., B*L] (one document per row).
     The hidden states come from this file's path over all L positions (torch SDPA attention), equal to
     ``model(input_ids, t, attention_mask=...)`` up to float rounding (model.forward may use flash-attn).
+    ``block_size``: attend block-causally (block diffusion's clean stream: the prompt prefill of
+    megadfm/dfm/sampling/block_causal_forward.py).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
@@ -54,7 +57,7 @@ def forward_with_cache(model, input_ids: torch.Tensor, t: Optional[torch.Tensor]
     _check_one_document_per_row(cu_seqlens, B, L)
     positions = torch.arange(L, device=input_ids.device)
     key_valid = _valid(attention_mask, B, L, input_ids.device, "attention_mask")
-    mask = query_key_mask(positions, positions, None if attention_mask is None else key_valid, _causal(model))
+    mask = query_key_mask(positions, positions, None if attention_mask is None else key_valid, _causal(model), block_size)
     hidden, fresh = _run(model, input_ids, t, positions, None, mask)
     cache = KVCache([k for k, _ in fresh], [v for _, v in fresh], positions, key_valid, L,
                     None if t is None else t.detach().clone())
@@ -62,8 +65,10 @@ def forward_with_cache(model, input_ids: torch.Tensor, t: Optional[torch.Tensor]
 
 
 def forward_block(model, input_ids: torch.Tensor, t: Optional[torch.Tensor], positions: Positions, cache: KVCache,
-                  attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """hidden [B, Lb, H] (after the final norm) of input_ids [B, Lb] placed at ``positions``.
+                  attention_mask: Optional[torch.Tensor] = None, append: bool = False):
+    """hidden [B, Lb, H] (after the final norm) of input_ids [B, Lb] placed at ``positions``; with ``append``,
+    (hidden, the cache with the block's fresh K/V appended): block diffusion commits a finished block so
+    (``positions`` must then come after every cached position; the K/V are those of this call's t).
 
     positions: Lb distinct columns in [0, cache.seq_len), any order, not necessarily contiguous (a
         1-D int tensor, a range or a list), shared by every row; ``input_ids[:, j]`` is the token at
@@ -103,7 +108,17 @@ def forward_block(model, input_ids: torch.Tensor, t: Optional[torch.Tensor], pos
         past = list(zip(cache.keys, cache.values))
     else:
         past = [(k.index_select(2, keep), v.index_select(2, keep)) for k, v in zip(cache.keys, cache.values)]
-    hidden, _ = _run(model, input_ids, t, positions, past, mask)
+    hidden, fresh = _run(model, input_ids, t, positions, past, mask)
+    if append:
+        after = len(cache) == 0 or int(positions.min()) > int(cache.positions.max())
+        if not after or bool((positions[1:] <= positions[:-1]).any()):
+            raise ValueError(f"append needs increasing positions after every cached one, got {positions.tolist()[:8]} "
+                             f"after a cache of {len(cache)} positions")
+        grown = KVCache([torch.cat([pk, k], 2) for pk, (k, _) in zip(cache.keys, fresh)],
+                        [torch.cat([pv, v], 2) for pv, (_, v) in zip(cache.values, fresh)],
+                        torch.cat([cache.positions, positions]), torch.cat([cache.key_valid, block_valid], dim=1),
+                        cache.seq_len, cache.t)
+        return hidden, grown
     return hidden
 
 

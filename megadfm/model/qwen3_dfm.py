@@ -293,16 +293,18 @@ class Qwen3DFM(nn.Module):
 
     def forward_with_cache(self, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None,
                            attention_mask: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
-                           cache_positions: Optional[Positions] = None) -> Tuple[torch.Tensor, KVCache]:
-        """Full forward -> (hidden [B, L, H], KVCache of ``cache_positions``, default all). One document per row.
-        See :func:`megadfm.model.block_forward.forward_with_cache`."""
-        return block_forward.forward_with_cache(self, input_ids, t, attention_mask, cu_seqlens, cache_positions)
+                           cache_positions: Optional[Positions] = None,
+                           block_size: Optional[int] = None) -> Tuple[torch.Tensor, KVCache]:
+        """Full forward -> (hidden [B, L, H], KVCache of ``cache_positions``, default all). One document per row;
+        ``block_size``: block-causal attention. See :func:`megadfm.model.block_forward.forward_with_cache`."""
+        return block_forward.forward_with_cache(self, input_ids, t, attention_mask, cu_seqlens, cache_positions, block_size)
 
     def forward_block(self, input_ids: torch.Tensor, t: Optional[torch.Tensor], positions: Positions, cache: KVCache,
-                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      attention_mask: Optional[torch.Tensor] = None, append: bool = False):
         """hidden [B, Lb, H] of input_ids [B, Lb] at ``positions`` [Lb], attending to the cached K/V of the
-        other positions (an approximation once they are stale). See :func:`megadfm.model.block_forward.forward_block`."""
-        return block_forward.forward_block(self, input_ids, t, positions, cache, attention_mask)
+        other positions (an approximation once they are stale); ``append``: also the cache grown by the block.
+        See :func:`megadfm.model.block_forward.forward_block`."""
+        return block_forward.forward_block(self, input_ids, t, positions, cache, attention_mask, append)
 
     # ---- head and loss -------------------------------------------------------------------------
 

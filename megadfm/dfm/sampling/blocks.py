@@ -15,17 +15,11 @@ from typing import Callable, List, Optional
 import torch
 
 from megadfm.dfm.sampling.context import SamplingContext
-from megadfm.dfm.sampling.forward import Block
+from megadfm.dfm.sampling.forward import Block, block_bounds  # noqa: F401 (block_bounds: re-exported)
 from megadfm.dfm.sampling.steps import predict_tokens, write_rows
 
 # (confidences [R, K] sorted descending, -inf past the row's candidates; candidates [R]) -> how many to keep [R]
 CountRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def block_bounds(n_max: int, block_length: int) -> List[Block]:
-    """[start, end) offsets of the blocks covering ``n_max`` new positions (block_length 0: one block)."""
-    size = block_length or n_max
-    return [(a, min(a + size, n_max)) for a in range(0, n_max, size)]
 
 
 def block_masked(ctx: SamplingContext, block: Block) -> torch.Tensor:

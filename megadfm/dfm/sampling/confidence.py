@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from megadfm.dfm.sampling.blocks import block_bounds, block_masked, block_step
+from megadfm.dfm.sampling.blocks import block_masked, block_step
 from megadfm.dfm.sampling.context import SamplingContext
 from megadfm.dfm.sampling.registry import SAMPLER_METHODS
 from megadfm.dfm.sampling.steps import time_grid
@@ -24,11 +24,10 @@ def confidence(ctx: SamplingContext) -> None:
     # Keeping "the most confident" presumes a masked position is known to be noise: a mask source.
     if ctx.dfm.source != "mask":
         raise ValueError("the confidence sampler needs a mask source (dfm.source: mask); use method: euler")
-    layout, cfg = ctx.layout, ctx.cfg
-    n_max = layout.max_new_tokens
-    size = cfg.block_length or n_max
-    ratio_after = _ratio_after(ctx, size)  # [B, S_max]
-    for block in block_bounds(n_max, size):
+    layout = ctx.layout
+    blocks, blocks_per_row = ctx.block_plan()
+    ratio_after = _ratio_after(ctx, blocks_per_row)  # [B, S_max]
+    for block in blocks:
         block_size = (layout.generate & (ctx.offset >= block[0]) & (ctx.offset < block[1])).sum(dim=1).double()
         for s in range(ratio_after.shape[1]):
             still = block_masked(ctx, block).sum(dim=1)
@@ -38,10 +37,9 @@ def confidence(ctx: SamplingContext) -> None:
             break
 
 
-def _ratio_after(ctx: SamplingContext, block_length: int) -> torch.Tensor:
+def _ratio_after(ctx: SamplingContext, blocks_per_row: torch.Tensor) -> torch.Tensor:
     """float64 [B, S_max]: the block's mask ratio row b must reach after step s (0 from its last step on)."""
     new_tokens = ctx.layout.new_tokens
-    blocks_per_row = (new_tokens + block_length - 1) // block_length
     row_steps = (ctx.cfg.steps // blocks_per_row).clamp(min=1)
     table = torch.zeros(new_tokens.shape[0], int(row_steps.max()), dtype=torch.float64, device=new_tokens.device)
     for n in sorted(set(row_steps.tolist())):

@@ -11,12 +11,12 @@ compute. With a uniform or mixture source a decoded token can jump again, so row
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, List, Tuple
 
 import torch
 
 from megadfm.dfm.layout import GenerationLayout
-from megadfm.dfm.sampling.forward import ModelForward
+from megadfm.dfm.sampling.forward import Block, ModelForward, block_bounds
 from megadfm.dfm.schedulers import Scheduler
 
 if TYPE_CHECKING:  # sampler_config imports the methods (for its allowed values), so not at run time
@@ -63,3 +63,23 @@ class SamplingContext:
 
     def any_active(self) -> bool:
         return bool(self.active.any())
+
+    def block_plan(self) -> Tuple[List[Block], torch.Tensor]:
+        """The semi-AR blocks of the confidence and threshold methods, left to right, and how many hold new
+        positions of each row (long [B]).
+
+        Full DFM: ``cfg.block_length`` offsets of every row's new positions (0: one block), ints.
+        Block diffusion (``dfm.mode: block``): the model's own blocks, columns [k * block_size, (k + 1) *
+        block_size) of every row, given as per-row offsets (long [B, 1] tensors) so that the same
+        comparisons with :attr:`offset` select them; a prompt may end inside one.
+        """
+        new_tokens = self.layout.new_tokens
+        if self.dfm.mode != "block":
+            size = self.cfg.block_length or self.layout.max_new_tokens
+            return block_bounds(self.layout.max_new_tokens, size), (new_tokens + size - 1) // size
+        size = self.dfm.block_size
+        start = self.layout.gen_start
+        first, last = start // size, (start + new_tokens - 1) // size
+        shift = start[:, None]
+        blocks = [(k * size - shift, (k + 1) * size - shift) for k in range(int(first.min()), int(last.max()) + 1)]
+        return blocks, last - first + 1

@@ -17,14 +17,22 @@ build the cache (``nfe_full``) and then only the block's columns (``nfe_block``)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Tuple
+from typing import List, Protocol, Tuple, Union
 
 import torch
 
 from megadfm.dfm.layout import GenerationLayout
 from megadfm.dfm.shift import gather_predictions
 
-Block = Tuple[int, int]  # [start, end) offsets into every row's new positions
+Block = Tuple[Union[int, torch.Tensor], Union[int, torch.Tensor]]
+"""[start, end) offsets into every row's new positions: ints, or per-row long [B, 1] tensors (block diffusion's
+model-aligned blocks, SamplingContext.block_plan)."""
+
+
+def block_bounds(n_max: int, block_length: int) -> List[Block]:
+    """[start, end) offsets of the blocks covering ``n_max`` new positions (block_length 0: one block)."""
+    size = block_length or n_max
+    return [(a, min(a + size, n_max)) for a in range(0, n_max, size)]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from megadfm.dfm.sampling.blocks import CountRule, block_bounds, block_step
+from megadfm.dfm.sampling.blocks import CountRule, block_step
 from megadfm.dfm.sampling.context import SamplingContext
 from megadfm.dfm.sampling.registry import SAMPLER_METHODS
 
@@ -34,7 +34,7 @@ def threshold(ctx: SamplingContext) -> None:
         raise ValueError("the threshold sampler needs a mask source (dfm.source: mask); use method: euler")
     cfg = ctx.cfg
     rule = count_rule(cfg.threshold_mode, cfg.threshold, cfg.threshold_factor, cfg.confidence)
-    for block in block_bounds(ctx.layout.max_new_tokens, cfg.block_length):
+    for block in ctx.block_plan()[0]:
         for s in range(cfg.steps):
             last = s == cfg.steps - 1
             if not block_step(ctx, block, rule=_everything if last else rule):

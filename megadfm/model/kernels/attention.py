@@ -274,21 +274,24 @@ def fused(device_type: str, name: Optional[str] = None) -> Impl:
 
 
 def query_key_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, key_valid: Optional[torch.Tensor],
-                   causal: bool) -> Optional[torch.Tensor]:
+                   causal: bool, block_size: Optional[int] = None) -> Optional[torch.Tensor]:
     """Who-sees-whom for queries at ``query_positions`` [Lq] over keys at ``key_positions`` [Lk].
 
     Positions are absolute columns of one row (the same for every row of the batch). Query p sees
     key q iff the key is valid (``key_valid`` [B, Lk], False on padding; None: all valid) and, when
-    causal, q <= p. As in :class:`AttentionLayout`, a query always sees its own position's key, so a
-    padding query's softmax row is never all -inf; that key must be among the keys (each position
-    at most once). Returns bool [B or 1, 1, Lq, Lk], or None when every query sees every key.
+    causal, q <= p; with ``block_size`` (block diffusion's clean stream), block-causally: q's block
+    (q // block_size) <= p's. As in :class:`AttentionLayout`, a query always sees its own position's
+    key, so a padding query's softmax row is never all -inf; that key must be among the keys (each
+    position at most once). Returns bool [B or 1, 1, Lq, Lk], or None when every query sees every key.
     """
-    if key_valid is None and not causal:
+    if key_valid is None and not causal and block_size is None:
         return None
     same = key_positions[None, :] == query_positions[:, None]  # [Lq, Lk]
     allowed = torch.ones_like(same)[None] if key_valid is None else key_valid.to(torch.bool)[:, None, :]
     if causal:
         allowed = allowed & (key_positions[None, :] <= query_positions[:, None])[None]
+    if block_size is not None:
+        allowed = allowed & ((key_positions // block_size)[None, :] <= (query_positions // block_size)[:, None])[None]
     return (allowed | same[None])[:, None]
 
 
