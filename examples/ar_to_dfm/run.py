@@ -11,11 +11,13 @@ training stages resume from their last checkpoint):
 2. ``export``: ``--as-qwen3`` export of it, loaded back with transformers' Qwen3ForCausalLM (offline);
 3. ``convert``: tools/convert_hf_to_megadfm.py of that folder (time conditioning added at zero: the
    converted model is the AR function);
-4. four DFM runs with the same model shape, data, seed and steps: ``dfm_from_ar`` (shift on, the
-   default), ``dfm_scratch`` (random init), ``dfm_from_ar_noshift`` (shift off) and
-   ``dfm_from_ar_anneal`` (attention annealed from causal to bidirectional over the first quarter);
-5. ``eval``: infill (held-out stdlib functions) and the ELBO bound of every DFM run, one pinned sampler;
-6. ``report``: WORK/report.md (the table) and WORK/report.html (validation loss and validation CE per
+4. five DFM runs with the same model shape, data, seed and steps: ``dfm_from_ar`` (shift on, the
+   default), ``dfm_scratch`` (random init), ``dfm_from_ar_noshift`` (shift off),
+   ``dfm_from_ar_anneal`` (attention annealed from causal to bidirectional over the first quarter) and
+   ``dfm_from_ar_block`` (block diffusion, blocks of 16: block_comparison.py);
+5. ``eval``: infill (held-out stdlib functions) and the ELBO bound of every full-DFM run, one pinned sampler;
+   then full vs block DFM: both evaluated with one block sampler, and their sampling speed against the AR model;
+6. ``report``: WORK/report.md (the tables) and WORK/report.html (validation loss and validation CE per
    mask-ratio bucket against step, every run on each chart).
 
 Deterministic given the seed (base.yaml's training.seed; data order and t come from it). Sizes
@@ -37,6 +39,8 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 BASE = os.path.join(REPO, "examples", "ar_to_dfm", "base.yaml")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import block_comparison  # noqa: E402  (this folder's own module)
 
 AR = {"dfm.objective": "ar", "dfm.loss_weighting": "none", "dfm.loss_normalizer": "masked",
       "model.attention_mode": "causal", "model.time_conditioning": "none"}
@@ -45,10 +49,15 @@ RUNS = {  # name: (init from the converted AR model?, overrides)
     "dfm_scratch": (False, {}),
     "dfm_from_ar_noshift": (True, {"dfm.shift_logits": False}),
     "dfm_from_ar_anneal": (True, {"dfm.attention_anneal_steps": "QUARTER"}),
+    block_comparison.BLOCK_RUN[0]: (True, block_comparison.BLOCK_RUN[1]),  # block diffusion (dfm.mode: block)
 }
+FULL_RUNS = [name for name in RUNS if name != block_comparison.BLOCK_RUN[0]]
+"""The runs of the main table (evaluated with euler-16, which a block model cannot use)."""
 SIZES = {  # steps, validation interval and batches, evaluation problems / documents / ELBO points, processes
-    "full": dict(ar_steps=300, dfm_steps=180, val_interval=30, val_batches=1, eval_limit=64, documents=32, points=8, nproc=2),
-    "mini": dict(ar_steps=2, dfm_steps=2, val_interval=2, val_batches=1, eval_limit=1, documents=1, points=2, nproc=1),
+    "full": dict(ar_steps=300, dfm_steps=180, val_interval=30, val_batches=1, eval_limit=64, documents=32, points=8, nproc=2,
+                 speed_tokens=128, speed_batches=[1, 16]),
+    "mini": dict(ar_steps=2, dfm_steps=2, val_interval=2, val_batches=1, eval_limit=1, documents=1, points=2, nproc=1,
+                 speed_tokens=8, speed_batches=[1, 2]),
 }
 
 
@@ -113,22 +122,23 @@ def export_and_convert(work: str, ar_dir: str) -> str:
     return init
 
 
-def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int, points: int) -> Dict[str, Dict]:
+def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int, points: int, sampler: str = "euler-16",
+             folder: str = "eval") -> Dict[str, Dict]:
     """infill + likelihood of every DFM run (tools/evaluate.py, one pinned sampler, one call for all runs not yet
-    evaluated: the task set is built once); results are cached per run."""
+    evaluated: the task set is built once); results are cached per run in WORK/<folder>."""
     import importlib.util
 
-    out = os.path.join(work, "eval")
+    out = os.path.join(work, folder)
     files = {name: {t: os.path.join(out, f"dfm_{name}", f"{t}.json") for t in ("infill", "likelihood")} for name in run_dirs}
     todo = [name for name in run_dirs if not all(os.path.isfile(f) for f in files[name].values())]
     if todo:
         spec = importlib.util.spec_from_file_location("evaluate_tool", os.path.join(REPO, "tools", "evaluate.py"))
         tool = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(tool)
-        log(f"eval: {', '.join(todo)} (infill {limit} tasks, likelihood {documents} documents, sampler euler-16)")
+        log(f"eval: {', '.join(todo)} (infill {limit} tasks, likelihood {documents} documents, sampler {sampler})")
         models = [a for name in todo for a in ("--model", run_dirs[name])]
         code = tool.main([*models, "--tasks", "infill", "likelihood", "--limit", str(limit), "--documents", str(documents),
-                          "--points", str(points), "--sampler", "euler-16", "--out", out, "--no-progress"])
+                          "--points", str(points), "--sampler", sampler, "--out", out, "--no-progress"])
         if code != 0:
             raise SystemExit(f"ar2dfm: evaluation failed (exit {code})")
     results = {}
@@ -140,11 +150,12 @@ def evaluate(work: str, run_dirs: Dict[str, str], limit: int, documents: int, po
     return results
 
 
-def report(work: str, run_dirs: Dict[str, str], evals: Dict[str, Dict], size: Dict[str, int]) -> List[List[object]]:
+def report(work: str, run_dirs: Dict[str, str], evals: Dict[str, Dict], size: Dict[str, int],
+           block_section: str = "") -> List[List[object]]:
     from megadfm.io_utils import write_text_atomic
     from megadfm.report.compare import comparison_page, first_step_reaching, html_table, markdown_table, val_curves
 
-    curves = {name: val_curves(name, d) for name, d in run_dirs.items()}
+    curves = {name: val_curves(name, d) for name, d in run_dirs.items() if name in FULL_RUNS}
     target = curves["dfm_scratch"].final("loss")
     scratch_steps = size["dfm_steps"]
     headers = ["run", "final val loss", "final val CE", f"first step with val loss <= scratch's final ({target:.4g})"
@@ -163,12 +174,31 @@ def report(work: str, run_dirs: Dict[str, str], evals: Dict[str, Dict], size: Di
              f"{_fmt(ar_val.final('ce'))}.",
              "Target: the AR-initialised run (dfm_from_ar) reaches dfm_scratch's final validation loss in <= 1/3 of the steps."]
     table = markdown_table(headers, rows)
-    write_text_atomic(os.path.join(work, "report.md"), "# AR -> DFM adaptation\n\n" + "\n\n".join(notes) + "\n\n" + table + "\n")
+    write_text_atomic(os.path.join(work, "report.md"), "# AR -> DFM adaptation\n\n" + "\n\n".join(notes) + "\n\n" + table
+                      + "\n" + block_section)
     write_text_atomic(os.path.join(work, "report.html"),
                       comparison_page("AR -> DFM adaptation", list(curves.values()), html_table(headers, rows), notes))
     log(f"report: {os.path.join(work, 'report.md')}, {os.path.join(work, 'report.html')}")
     print(table, flush=True)
     return rows
+
+
+def block_report(work: str, run_dirs: Dict[str, str], size: Dict[str, int]) -> str:
+    """The full-vs-block section of report.md (examples/ar_to_dfm/block_comparison.py); also printed."""
+    from megadfm.report.compare import markdown_table, val_curves
+
+    compared = {n: run_dirs[n] for n in block_comparison.COMPARED}
+    evals = evaluate(work, compared, size["eval_limit"], size["documents"], size["points"],
+                     sampler=block_comparison.SAMPLER, folder="eval_block")
+    speed = block_comparison.sampling_speed(work, compared, size["speed_tokens"], size["speed_batches"], log)
+    curves = {n: val_curves(n, d) for n, d in compared.items()}
+    headers, rows = block_comparison.table(curves, evals, speed, size["speed_batches"], _fmt, _pct)
+    table = markdown_table(headers, rows)
+    print(table, flush=True)
+    return (f"\n## Full vs block DFM (block size {block_comparison.BLOCK_SIZE}), same AR init and steps\n\n"
+            f"Infill and speed with the sampler {block_comparison.SAMPLER} for both; the block model decodes with its "
+            f"exact prefix cache. Speed: {size['speed_tokens']} new tokens, greedy, EOS off, 1 thread, against "
+            "transformers' generate of the AR model.\n\n" + table + "\n")
 
 
 def _fmt(x) -> str:
@@ -216,8 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if from_ar:
             overrides["training.init_from"] = init
         run_dirs[name] = train(name, args.work, size["dfm_steps"], {**common, **overrides}, size["nproc"])
-    evals = evaluate(args.work, run_dirs, size["eval_limit"], size["documents"], size["points"])
-    report(args.work, run_dirs, evals, size)
+    evals = evaluate(args.work, {n: run_dirs[n] for n in FULL_RUNS}, size["eval_limit"], size["documents"], size["points"])
+    report(args.work, run_dirs, evals, size, block_report(args.work, run_dirs, size))
     log(f"done in {time.time() - started:.0f} s")
     return 0
 

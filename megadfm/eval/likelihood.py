@@ -12,7 +12,7 @@ tokens an AR model predicts from a strictly earlier context, so :func:`dfm_nelbo
     NELBO = ∫_0^1 w(t) E_{x_t}[ Σ_{i masked} −log p_θ(x_1^i | x_t, t) ] dt,   w(t) = κ'(t)/(1 − κ(t))
 
 (docs/FORMATS.md §4; the generalized-KL weight, ``loss_weighting: kl``). It is computed here from
-``dfm_loss``'s *unweighted* per-sequence CE sums and this weight, never from the loss the run was
+the DFM loss's (``dfm.mode``'s: full or block) *unweighted* per-sequence CE sums and this weight, never from the loss the run was
 trained with, so it is a bound whatever ``loss_weighting`` / ``loss_normalizer`` training used.
 
 **Quadrature.** With r = 1 − κ(t), dr = −κ'(t) dt, so w(t) dt = dr / r and the integral is
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import dfm_loss
+from megadfm.dfm.objectives import DFM_MODES
 from megadfm.dfm.path import maskable_positions
 from megadfm.dfm.schedulers import Scheduler
 from megadfm.dfm.shift import segment_starts
@@ -86,6 +86,9 @@ def dfm_nelbo(model: torch.nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
     if dfm_cfg.source != "mask":
         raise ValueError(f"dfm.source={dfm_cfg.source!r}: dfm_nelbo estimates the mask-source bound only")
     cfg = dataclasses.replace(dfm_cfg, prefix_mask_prob=0.0, truncate_suffix_prob=0.0, block_mask_prob=0.0)
+    # full DFM's loss, or block diffusion's (in eval mode every block of a row shares the row's t; the
+    # integral is linear, so the sum over blocks is the block model's bound, BD3LM's)
+    loss = DFM_MODES.get(cfg.mode)
     r_nodes, q = gauss_legendre_mask_ratios(num_points)
     t_nodes = scheduler.t_for_mask_ratio(r_nodes).double()
     # w(t) dt = w(t) |dt/dr| dr with dt/dr = 1/kappa'(t): equals 1/r; written through the kl weight
@@ -104,8 +107,8 @@ def dfm_nelbo(model: torch.nn.Module, batches: Iterable[Dict[str, torch.Tensor]]
             bsz = batch["input_ids"].shape[0]
             for k in range(num_points):
                 t = torch.full((bsz,), float(t_nodes[k]), dtype=torch.float32, device=device)
-                out = dfm_loss(model, batch, t, cfg, scheduler, _generator(device, seed, k, j),
-                               mask_token_id=mask_token_id, pad_token_id=pad_token_id)
+                out = loss(model, batch, t, cfg, scheduler, _generator(device, seed, k, j),
+                           mask_token_id=mask_token_id, pad_token_id=pad_token_id)
                 ce_sum[k] += float(out.per_seq_unweighted_sum.double().sum())
                 masked[k] += int(out.per_seq_masked_count.sum())
     finally:

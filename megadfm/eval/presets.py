@@ -26,6 +26,10 @@ SAMPLER_PRESETS: Dict[str, Dict] = {
                                  confidence="probability", temperature=0.0, cache="prefix", seed=0),
     "threshold-0.9-dual": dict(method="threshold", steps=32, block_length=32, threshold=0.9, threshold_mode="fixed",
                                confidence="probability", temperature=0.0, cache="dual", seed=0),
+    # the same decoding for full DFM and a block-diffusion model (dfm.mode: block, block_size 16), so the two can be
+    # compared: blocks of 16, p >= 0.9 at once, exact (no cache; a block model's prefix cache is exact too)
+    "threshold-0.9-block16": dict(method="threshold", steps=16, block_length=16, threshold=0.9, threshold_mode="fixed",
+                                  confidence="probability", temperature=0.0, cache="none", seed=0),
     "greedy": dict(method="euler", steps=32, temperature=0.0, seed=0),   # AR baselines read temperature/top_p/seed only
     "sample-t0.8": dict(method="euler", steps=32, temperature=0.8, top_p=0.95, seed=0),
 }

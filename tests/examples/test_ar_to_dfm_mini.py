@@ -25,15 +25,19 @@ def test_miniature_runs_every_stage_and_writes_the_report(tmp_path, capsys, toke
     args = ["--mini", "--work", work, "--data", stdlib_prefix]  # the suite's 80-file corpus
     assert driver.main(args) == 0
     out = capsys.readouterr().out
-    runs = ["dfm_from_ar", "dfm_scratch", "dfm_from_ar_noshift", "dfm_from_ar_anneal"]
+    runs = ["dfm_from_ar", "dfm_scratch", "dfm_from_ar_noshift", "dfm_from_ar_anneal", "dfm_from_ar_block"]
     size = driver.SIZES["mini"]
     assert driver.complete_step(os.path.join(work, "ar")) == size["ar_steps"]
     for name in runs:
         assert driver.complete_step(os.path.join(work, name)) == size["dfm_steps"]
     assert "transformers' Qwen3ForCausalLM loads" in out
     report = open(os.path.join(work, "report.md"), encoding="utf-8").read()
-    for name in runs:
+    for name in runs[:4]:
         assert re.search(rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \|", report, re.M), report
+    # the full-vs-block comparison: both runs with ELBO, infill and tokens/s at batch 1 and 2 against AR generate
+    for name, mode in (("dfm_from_ar", "full"), ("dfm_from_ar_block", "block")):
+        assert re.search(rf"^\| {name} \| {mode} \| [0-9.]+ \| [0-9.]+ \| .+ \| [0-9.]+ \([0-9.]+x, \d+ steps\) \| "
+                         rf"[0-9.]+ \([0-9.]+x, \d+ steps\) \|$", report, re.M), report
     page = open(os.path.join(work, "report.html"), encoding="utf-8").read()
     assert page.count('class="run-line" data-run="dfm_scratch"') >= 2  # the loss chart and the bucket charts
     assert "://" not in page.replace("http://www.w3.org", "")  # self-contained
@@ -44,4 +48,4 @@ def test_miniature_runs_every_stage_and_writes_the_report(tmp_path, capsys, toke
     # a re-run reuses every stage
     assert driver.main(args) == 0
     again = capsys.readouterr().out
-    assert again.count("finished earlier") == 5 and ": training " not in again
+    assert again.count("finished earlier") == 6 and ": training " not in again
