@@ -69,6 +69,10 @@ def parse_args() -> argparse.Namespace:
                    help="torch CPU threads (1 by default: on a shared 2-core machine a 2nd thread makes timings erratic).")
     add_repeats_arg(p, 1, "timed runs of every setting (after a warm-up)")
     p.add_argument("--device", default="cpu", help="Device (the comparison is defined on CPU; cuda works too).")
+    p.add_argument("--block-diffusion", type=int, default=None, metavar="BLOCK_SIZE",
+                   help="Random weights: a block-diffusion model (dfm.mode: block) with blocks of BLOCK_SIZE; a --model-dir "
+                        "trained in block mode is one already. Block mode decodes in the model's blocks: the settings are "
+                        "then threshold with cache none (exact) and prefix (exact too, the block cache).")
     return p.parse_args()
 
 
@@ -149,15 +153,17 @@ def agreement(a: SampleResult, b: SampleResult) -> float:
     return sum(x == y for x, y in pairs) / max(len(pairs), 1)
 
 
-def settings(args: argparse.Namespace, new_tokens: int) -> List[Tuple[str, SamplerConfig]]:
-    """(name, config) of every DFM setting: the exact sampler per --steps, then threshold with each cache."""
+def settings(args: argparse.Namespace, new_tokens: int, dfm: DFMConfig) -> List[Tuple[str, SamplerConfig]]:
+    """(name, config) of every DFM setting: the exact sampler per --steps, then threshold with each cache (block mode:
+    the model's blocks, caches none and prefix, both exact)."""
     from megadfm.dfm.sampler_config import SamplerConfig
 
+    block_mode = dfm.mode == "block"
     steps = [int(s) for s in args.steps.split(",")] if args.steps else [new_tokens]
-    greedy = dict(temperature=0.0, eos_token_id=None, block_length=args.block_length)
+    greedy = dict(temperature=0.0, eos_token_id=None, block_length=0 if block_mode else args.block_length)
     out = [(f"exact_conf_s{s}", SamplerConfig(method="confidence", steps=s, cache="none", **greedy)) for s in steps]
-    block_steps = args.block_steps or args.block_length
-    for cache in ("none", "prefix", "dual"):
+    block_steps = args.block_steps or (dfm.block_size if block_mode else args.block_length)
+    for cache in (("none", "prefix") if block_mode else ("none", "prefix", "dual")):
         out.append((f"threshold{args.threshold:g}_{cache}",
                     SamplerConfig(method="threshold", steps=block_steps, threshold=args.threshold, cache=cache, **greedy)))
     return out
@@ -169,7 +175,8 @@ def load(args: argparse.Namespace, device: torch.device) -> Tuple[Qwen3DFM, DFMC
     from megadfm.model import Qwen3DFM
 
     if args.model_dir is None:
-        return Qwen3DFM(random_model_config(args), seed=0).to(device).eval(), DFMConfig(), None
+        dfm = DFMConfig() if args.block_diffusion is None else DFMConfig(mode="block", block_size=args.block_diffusion)
+        return Qwen3DFM(random_model_config(args), seed=0).to(device).eval(), dfm, None
     from megadfm.data.tokenizer import load_tokenizer
     from megadfm.dfm.model_loading import load_model_dir
 
@@ -193,11 +200,12 @@ def main() -> int:
     print(f"# DFM {weights}; AR baseline: random weights of the same shape (speed only)")
     print(f"# device {device}, {torch.get_num_threads()} threads; hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
           f"vocab {cfg.vocab_size}, {n_params / 1e6:.1f} M params (HF); prompt {args.prompt_len}, {new_tokens} new tokens; "
-          f"blocks of {args.block_length}; greedy, EOS off")
+          f"blocks of {dfm.block_size if dfm.mode == 'block' else args.block_length}; greedy, EOS off; "
+          f"dfm.mode {dfm.mode}")
     if args.model_dir is None:
         print("# agreement on random weights is MEANINGLESS (near-uniform predictions); run with --model-dir for a real one")
-    print("# prefix / dual caches are APPROXIMATIONS for a bidirectional model; agreement = fraction of new tokens equal "
-          "to the first exact setting's")
+    print("# prefix / dual caches are APPROXIMATIONS for a bidirectional model (EXACT for a block-diffusion model); "
+          "agreement = fraction of new tokens equal to the first exact setting's")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     # the JSON line's baseline key is the first batch size's AR run; every ratio names the AR run of its own batch size
     header = print_header("sampler", f"b{batch_sizes[0]}/hf_generate_ar",
@@ -220,7 +228,7 @@ def main() -> int:
         print(f"{bsz:>5} {'hf_generate_ar':<22} {new_tokens:>5} {f'1/{new_tokens - 1}':>14} {ar:>9.1f} {1.0:>6.2f} "
               f"{'-':>6}", flush=True)
         reference = None
-        for name, sampler in settings(args, new_tokens):
+        for name, sampler in settings(args, new_tokens, dfm):
             rates, out = dfm_run(dfm_model, prompts, new_tokens, sampler, dfm, args.repeats)
             key = f"b{bsz}/{name}"
             results[key] = {"tokens_per_s": summarize(rates)}
