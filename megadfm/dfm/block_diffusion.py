@@ -44,6 +44,7 @@ from megadfm.dfm.path import corrupt, maskable_positions
 from megadfm.dfm.schedulers import Scheduler
 from megadfm.dfm.shift import segment_starts
 from megadfm.dfm.time_sampling import max_time
+from megadfm.model.kernels.attention_pattern import TwoStreamBlockPattern
 from megadfm.tokens import PAD_TOKEN_ID
 
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -64,15 +65,9 @@ def segment_ids(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torc
 
 
 def two_stream_attention(segment: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-    """bool [B, 2L, 2L] (query x key) over ``[x_t ‖ x_0]``: the pattern of the module docstring."""
-    same = segment[:, :, None] == segment[:, None, :]
-    query_block, key_block = block[:, :, None], block[:, None, :]
-    noisy_to_noisy = same & (key_block == query_block)
-    noisy_to_clean = same & (key_block < query_block)
-    clean_to_clean = same & (key_block <= query_block)
-    top = torch.cat([noisy_to_noisy, noisy_to_clean], dim=2)
-    bottom = torch.cat([torch.zeros_like(clean_to_clean), clean_to_clean], dim=2)
-    return torch.cat([top, bottom], dim=1)
+    """bool [B, 2L, 2L] (query x key) over ``[x_t ‖ x_0]``: the pattern of the module docstring (the model's
+    TwoStreamBlockPattern, megadfm/model/kernels/attention_pattern.py, is its one implementation)."""
+    return TwoStreamBlockPattern(segment, block).dense()
 
 
 def prediction_sources(targets: torch.Tensor, block: torch.Tensor, segment_start: torch.Tensor,
@@ -130,7 +125,7 @@ def block_dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: to
     clean_t = torch.ones_like(t_token)
     hidden = model(torch.cat([path.x_t, x1], dim=1), t=torch.cat([t_token, clean_t], dim=1),
                    position_ids=torch.cat([batch["position_ids"], batch["position_ids"]], dim=1),
-                   attention_allowed=two_stream_attention(segment_ids(batch["cu_seqlens"], bsz, seq_len), block))
+                   attention_pattern=TwoStreamBlockPattern(segment_ids(batch["cu_seqlens"], bsz, seq_len), block))
     weight_token = loss_weight(t_token.double(), ratio_token.double(), cfg, scheduler).to(torch.float32)
     normalizer = loss_normalizer(batch["loss_mask"], path.scored, cfg, prompt_mask)
     extra = batch.get("loss_weights")

@@ -28,7 +28,9 @@ from torch.utils.checkpoint import checkpoint
 
 from megadfm.model import block_forward
 from megadfm.model.config import ModelConfig
-from megadfm.model.kernels import KernelSet, select_kernels
+from megadfm.model.kernels import KernelSet, KernelUnavailable, select_kernels
+from megadfm.model.kernels import attention_pattern
+from megadfm.model.kernels.attention_pattern import TwoStreamBlockPattern, flex_block_mask
 from megadfm.model.attention_anneal import AttentionAnneal
 from megadfm.model.kernels.attention import AttentionLayout, attention_torch
 from megadfm.model.kernels.linear_cross_entropy import chunk_rows_for_budget
@@ -213,16 +215,16 @@ class Qwen3DFM(nn.Module):
     def forward(self, input_ids: torch.Tensor, t: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
                 attention_mask: Optional[torch.Tensor] = None,
-                attention_allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attention_pattern: Optional[TwoStreamBlockPattern] = None) -> torch.Tensor:
         """input_ids [B, L] (+ t [B] in [0, 1], 1 = clean) -> hidden states [B, L, H] after the final norm.
 
         Attention stays within each segment of ``cu_seqlens`` (over the flattened B*L tokens) and
         never reaches keys where ``attention_mask`` is False. ``position_ids`` default to positions
         restarting at every segment start (or 0..L-1 per row without cu_seqlens).
 
-        Block diffusion (megadfm/dfm/block_diffusion.py) passes t [B, L] (a time per token) and
-        ``attention_allowed`` bool [B, L, L] (query x key; an explicit pattern, combined with the rules
-        above, bidirectional model only), which uses torch's SDPA with that dense mask.
+        Block diffusion (megadfm/dfm/block_diffusion.py) passes t [B, L] (a time per token) and its
+        two-stream ``attention_pattern`` (bidirectional model only): FlexAttention on CUDA, torch's SDPA
+        with the dense mask otherwise (megadfm/model/kernels/attention_pattern.py).
         """
         cfg = self.cfg
         if input_ids.dim() != 2:
@@ -232,13 +234,19 @@ class Qwen3DFM(nn.Module):
             raise ValueError(f"sequence length {L} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
         kernels = self.kernels_for(input_ids.device)
         anneal = self.attention_anneal if cfg.attention_mode == "bidirectional" else None
-        if attention_allowed is not None:
+        if attention_pattern is not None:
             if cfg.attention_mode != "bidirectional" or anneal is not None:
-                raise ValueError("attention_allowed (block diffusion) needs model.attention_mode: bidirectional and no "
+                raise ValueError("attention_pattern (block diffusion) needs model.attention_mode: bidirectional and no "
                                  "attention annealing")
-            kernels = self._dense_mask_kernels(kernels, "block diffusion's two-stream mask")
-            layout = AttentionLayout(B, L, input_ids.device, False, cu_seqlens, max_seqlen, attention_mask,
-                                     allowed=attention_allowed)
+            if attention_pattern.batch_size != B or attention_pattern.length != L:
+                raise ValueError(f"attention_pattern is for [{attention_pattern.batch_size}, {attention_pattern.length}] "
+                                 f"tokens, input_ids are [{B}, {L}]")
+            kernels = self._pattern_kernels(kernels)
+            if getattr(kernels.attention, "uses_flex_block_mask", False):
+                layout = AttentionLayout(B, L, input_ids.device, False, flex_mask=flex_block_mask(attention_pattern))
+            else:
+                layout = AttentionLayout(B, L, input_ids.device, False, cu_seqlens, max_seqlen, attention_mask,
+                                         allowed=attention_pattern.dense())
         elif anneal is not None:  # causal + a fraction of future keys: an explicit mask (megadfm/model/attention_anneal.py)
             kernels = self._dense_mask_kernels(kernels, "attention annealing, while the anneal lasts")
             layout = AttentionLayout(B, L, input_ids.device, True, cu_seqlens, max_seqlen, attention_mask,
@@ -270,6 +278,22 @@ class Qwen3DFM(nn.Module):
             self._dense_mask_reasons.add(why)
             logger.info("attention: torch SDPA with a dense mask instead of %s (%s)",
                         kernels.chosen.get("attention", "the fused attention"), why)
+        return self._kernels[key]
+
+    def _pattern_kernels(self, kernels: KernelSet) -> KernelSet:
+        """The kernel set for an explicit attention pattern: FlexAttention on CUDA (unless model.kernels is torch),
+        else torch's SDPA with the dense mask; the choice and any fallback reason are logged once."""
+        key = f"{kernels.device_type}:pattern"
+        if key not in self._kernels:
+            if kernels.device_type == "cuda" and self.cfg.kernels != "torch":
+                try:
+                    fn, why = attention_pattern.flex(kernels.device_type), "FlexAttention (torch.compile)"
+                except KernelUnavailable as reason:
+                    fn, why = attention_torch, f"torch SDPA + dense mask (FlexAttention unavailable: {reason})"
+            else:
+                fn, why = attention_torch, f"torch SDPA + dense mask (model.kernels {self.cfg.kernels}, {kernels.device_type})"
+            logger.info("attention for block diffusion's two-stream pattern: %s", why)
+            self._kernels[key] = dataclasses.replace(kernels, attention=fn, attention_is_varlen=False)
         return self._kernels[key]
 
     def _time_condition(self, t: Optional[torch.Tensor], batch_size: int, seq_len: int):

@@ -28,9 +28,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from megadfm.dfm.block_diffusion import prediction_sources, two_stream_attention
+from megadfm.dfm.block_diffusion import prediction_sources
 from megadfm.dfm.layout import GenerationLayout
 from megadfm.dfm.sampling.forward import Block, ForwardCounts
+from megadfm.model.kernels.attention_pattern import TwoStreamBlockPattern
 from megadfm.model.kv_cache import KVCache
 
 
@@ -63,9 +64,9 @@ class BlockCausalForward:
         positions = self.columns[None, :].expand(R, L)
         blocks = self.blocks.index_select(0, rows)
         times = torch.cat([t.to(torch.float32)[:, None].expand(R, L), torch.ones(R, L, device=sub.device)], dim=1)
-        allowed = two_stream_attention(self.segments.index_select(0, rows), blocks)
+        pattern = TwoStreamBlockPattern(self.segments.index_select(0, rows), blocks)
         hidden = self.model(torch.cat([sub, sub], dim=1), t=times if self.model.time_embedding is not None else None,
-                            position_ids=torch.cat([positions, positions], dim=1), attention_allowed=allowed)
+                            position_ids=torch.cat([positions, positions], dim=1), attention_pattern=pattern)
         self.counts.nfe_full += 1
         self.counts.rows += R
         source, target = prediction_sources(targets, blocks, self.layout.segment_start.index_select(0, rows), self.shift)

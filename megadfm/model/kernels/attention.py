@@ -74,8 +74,10 @@ class AttentionLayout:
                  cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: Optional[int] = None,
                  attention_mask: Optional[torch.Tensor] = None, varlen: bool = False,
                  per_segment: Optional[bool] = None, future_visible: Optional[torch.Tensor] = None,
-                 allowed: Optional[torch.Tensor] = None):
+                 allowed: Optional[torch.Tensor] = None, flex_mask=None):
         self.batch_size, self.seq_len, self.causal = batch_size, seq_len, causal
+        # a FlexAttention BlockMask (attention_pattern.py): the whole pattern, no torch form
+        self.flex_mask = flex_mask
         if allowed is not None:
             if causal or varlen or future_visible is not None or tuple(allowed.shape) != (batch_size, seq_len, seq_len):
                 raise ValueError("allowed (an explicit attention pattern) needs causal=False, varlen=False, no "
@@ -107,7 +109,7 @@ class AttentionLayout:
         self.segment_lengths: Optional[List[int]] = None  # over the flattened B*L tokens
         self.segment_masks: Optional[List[Optional[torch.Tensor]]] = None
         self.varlen = self._varlen(device, max_seqlen) if varlen else None
-        if not varlen:
+        if not varlen and flex_mask is None:
             self._torch_form(device, per_segment)
 
     def _torch_form(self, device: torch.device, per_segment: Optional[bool]) -> None:
