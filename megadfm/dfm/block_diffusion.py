@@ -51,6 +51,14 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 """Fractional part of the golden ratio: block k's time offset is k * GOLDEN (mod 1), well spread for any k."""
 
 
+def block_size_at(cfg: DFMConfig, step: int) -> int:
+    """The block size optimizer step ``step`` (from 1) trains with: ``block_size_warmup``'s, then ``block_size``."""
+    for until, size in cfg.block_size_warmup:
+        if step <= until:
+            return size
+    return cfg.block_size
+
+
 def document_blocks(position_ids: torch.Tensor, block_size: int) -> torch.Tensor:
     """long [B, L]: each token's block index within its document (position ids restart at every document)."""
     if block_size < 1:

@@ -7,7 +7,7 @@ here for the allowed values, and ``megadfm.config`` imports this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import List, Literal
 
 from megadfm.config_base import check_choices, doc, require
 from megadfm.dfm.loss_presets import LOSS_PRESETS, PRESET_COMPATIBLE_NORMALIZER
@@ -29,6 +29,11 @@ class DFMConfig:
         "inside blocks of block_size tokens, causal across blocks, trained on the two-stream [x_t | x_0] layout, and "
         "decoded block by block with an exact K/V cache (megadfm/dfm/block_diffusion.py, docs/BLOCK_DIFFUSION.md).")
     block_size: int = doc(32, "With mode: block, tokens per block, counted from the start of each document.")
+    block_size_warmup: List[List[int]] = doc(
+        help="With mode: block, a block-size curriculum (LLaDA 2.0 warms up from small blocks to large): "
+             "[[until_step, size], ...], until_step strictly increasing and size non-decreasing and <= block_size; "
+             "optimizer steps up to until_step train with blocks of size, later ones with block_size; [] = off "
+             "(megadfm/dfm/block_diffusion.py block_size_at).", factory=list)
     block_t: Literal["row", "block"] = doc(
         "row", "With mode: block, row: every block of a row is corrupted at the row's t; block: each block at its own t "
         "(spread from the row's by golden-ratio offsets; evaluation always uses the row's).")
@@ -78,6 +83,14 @@ class DFMConfig:
                 require(getattr(self, name) == wanted, name, f"must be {wanted!r} with objective: ar (the mean next-token "
                         f"cross-entropy of transformers' Qwen3ForCausalLM), got {getattr(self, name)!r}")
         require(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        warmup = self.block_size_warmup
+        require(all(isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) for v in e) for e in warmup),
+                "block_size_warmup", f"must be a list of [until_step, size] integer pairs, got {warmup!r}")
+        require(all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(warmup, warmup[1:])), "block_size_warmup",
+                f"until_step must increase strictly and size must not decrease, got {warmup!r}")
+        require(all(e[0] >= 1 and 1 <= e[1] <= self.block_size for e in warmup), "block_size_warmup",
+                f"until_step must be >= 1 and size in [1, block_size={self.block_size}], got {warmup!r}")
+        require(not warmup or self.mode == "block", "block_size_warmup", "is a block-mode option (dfm.mode: block)")
         if self.mode == "block":  # what the two-stream layout does not implement is refused, not ignored
             require(self.objective == "dfm", "mode", f"block needs objective: dfm, got {self.objective!r}")
             require(self.source == "mask", "source", f"block mode needs source: mask, got {self.source!r}")

@@ -194,3 +194,17 @@ def test_block_mode_config_and_registry():
         with pytest.raises(ConfigError) as e:
             load_config(None, overrides)
         assert f"'{key}'" in str(e.value), (overrides, str(e.value))
+
+
+def test_block_size_curriculum_by_step_and_its_config_checks():
+    from megadfm.dfm.block_diffusion import block_size_at
+
+    cfg = DFMConfig(mode="block", block_size=32, block_size_warmup=[[100, 4], [200, 16]])
+    assert [block_size_at(cfg, s) for s in (1, 100, 101, 200, 201, 10_000)] == [4, 4, 16, 16, 32, 32]
+    assert block_size_at(DFMConfig(mode="block", block_size=8), 1) == 8
+    for overrides, fragment in ((["dfm.mode=block", "dfm.block_size_warmup=[[100, 16], [50, 32]]"], "increase"),
+                                (["dfm.mode=block", "dfm.block_size=8", "dfm.block_size_warmup=[[100, 16]]"], "block_size=8"),
+                                (["dfm.block_size_warmup=[[100, 4]]"], "block-mode option")):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, overrides)
+        assert "'dfm.block_size_warmup'" in str(e.value) and fragment in str(e.value), str(e.value)

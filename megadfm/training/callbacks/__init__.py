@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, List
 
 from megadfm.training.callbacks.attention_anneal import AttentionAnnealCallback
 from megadfm.training.callbacks.base import Callback, CallbackList, MicroBatch, StepState
+from megadfm.training.callbacks.block_curriculum import BlockCurriculumCallback
 from megadfm.training.callbacks.checkpointing import CheckpointCallback
 from megadfm.training.callbacks.evaluation import EvaluationCallback
 from megadfm.training.callbacks.memory import MemoryCallback
@@ -34,6 +35,8 @@ def default_callbacks(trainer: "Trainer") -> List[Callback]:
     callbacks: List[Callback] = [MemoryCallback()]
     if cfg.dfm.attention_anneal_steps:
         callbacks.append(AttentionAnnealCallback(trainer))
+    if cfg.dfm.block_size_warmup:
+        callbacks.append(BlockCurriculumCallback(trainer))
     callbacks += [ThroughputCallback(), TelemetryCallback(trainer), StepPolicyCallback(cfg.training.nonfinite_policy)]
     if cfg.training.step_log:
         callbacks.append(StepLogCallback())
