@@ -39,7 +39,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from megadfm.dfm.config import DFMConfig
-from megadfm.dfm.loss import DFMLossOutput, loss_normalizer, loss_weight, weighted_prediction_loss
+from megadfm.dfm.loss import DFMLossOutput, check_loss_inputs, loss_normalizer, loss_weight, weighted_prediction_loss
 from megadfm.dfm.path import corrupt, maskable_positions
 from megadfm.dfm.schedulers import Scheduler
 from megadfm.dfm.shift import segment_starts
@@ -113,12 +113,7 @@ def block_dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: to
     del pad_token_id  # CoDA's strategies, the only users of padding here, are refused in block mode
     x1 = batch["input_ids"]
     bsz, seq_len = x1.shape
-    if t.shape != (bsz,):
-        raise ValueError(f"t must have shape [B]={bsz}, got {tuple(t.shape)}")
-    if bool(((t < 0) | (t > 1)).any()):
-        raise ValueError("t must lie in [0, 1] (0 = all masked, 1 = clean)")
-    if mask_token_id is None:
-        mask_token_id = int(model.cfg.mask_token_id)
+    mask_token_id = check_loss_inputs(model, t, bsz, mask_token_id)
     starts = segment_starts(batch["cu_seqlens"], bsz, seq_len)
     block = document_blocks(batch["position_ids"], cfg.block_size)
     prompt_mask = batch.get("prompt_mask")

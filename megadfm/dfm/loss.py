@@ -130,6 +130,15 @@ def weighted_prediction_loss(model: torch.nn.Module, hidden_sel: torch.Tensor, t
     return loss, ce.float(), row
 
 
+def check_loss_inputs(model: torch.nn.Module, t: torch.Tensor, bsz: int, mask_token_id: Optional[int]) -> int:
+    """Refuse a t that is not one time in [0, 1] per row; return the mask id (default: the model's)."""
+    if t.shape != (bsz,):
+        raise ValueError(f"t must have shape [B]={bsz}, got {tuple(t.shape)}")
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError("t must lie in [0, 1] (0 = all masked, 1 = clean)")
+    return int(model.cfg.mask_token_id) if mask_token_id is None else int(mask_token_id)
+
+
 def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Tensor, cfg: DFMConfig,
              scheduler: Scheduler, generator: torch.Generator, *, mask_token_id: Optional[int] = None,
              pad_token_id: int = PAD_TOKEN_ID) -> DFMLossOutput:
@@ -144,12 +153,7 @@ def dfm_loss(model: torch.nn.Module, batch: Dict[str, torch.Tensor], t: torch.Te
     """
     x1_in = batch["input_ids"]
     bsz, seq_len = x1_in.shape
-    if t.shape != (bsz,):
-        raise ValueError(f"t must have shape [B]={bsz}, got {tuple(t.shape)}")
-    if bool(((t < 0) | (t > 1)).any()):
-        raise ValueError("t must lie in [0, 1] (0 = all masked, 1 = clean)")
-    if mask_token_id is None:
-        mask_token_id = int(model.cfg.mask_token_id)
+    mask_token_id = check_loss_inputs(model, t, bsz, mask_token_id)
 
     draw = draw_strategies(batch, cfg, generator, pad_token_id)
     work = draw.batch
