@@ -3,7 +3,8 @@
 Default: a DFM model that transformers loads with the modeling code shipped in the folder::
 
     OUT/config.json                        model_type megadfm_qwen3, auto_map -> the two code files
-    OUT/configuration_megadfm.py, OUT/modeling_megadfm.py, OUT/generation_megadfm.py   (torch + transformers only)
+    OUT/configuration_megadfm.py, OUT/modeling_megadfm.py, OUT/generation_megadfm.py,
+    OUT/block_generation_megadfm.py        (torch + transformers only; the last: block diffusion's sampling)
     OUT/README.md                          model card: loading, the forward, model.diffusion_generate and its arguments
     OUT/model.safetensors                  (or shards + model.safetensors.index.json above --max-shard-size)
     OUT/generation_config.json             mask / eos / pad ids and megadfm's sampler defaults (dfm_sampler)
@@ -162,11 +163,14 @@ def _hf_config(cfg: ModelConfig, src: MegaDFMSource, dtype: torch.dtype, as_qwen
         out = hf_config_from_model_config(cfg)
         out.update(ids, dtype=dtype_name, torch_dtype=dtype_name, transformers_version=transformers.__version__)
         return out
-    shift = src.run_config.dfm.shift_logits if src.run_config is not None else True
+    dfm = src.run_config.dfm if src.run_config is not None else None
+    shift = dfm.shift_logits if dfm is not None else True
+    mode = _dfm_mode(src)
     out = {"architectures": [hf_modeling.ARCHITECTURE], "model_type": hf_modeling.MODEL_TYPE,
            "auto_map": dict(hf_modeling.AUTO_MAP)}
     out.update(megadfm_config_fields(cfg))
-    out.update(shift_logits=shift, dtype=dtype_name, torch_dtype=dtype_name, **ids,
+    # the model's attention pattern (diffusion_generate decodes a block model in its blocks): config.json, like shift
+    out.update(shift_logits=shift, dfm_mode=mode, block_size=dfm.block_size if mode == "block" else None, dtype=dtype_name, torch_dtype=dtype_name, **ids,
                transformers_version=transformers.__version__)
     return out
 
@@ -188,9 +192,16 @@ def _generation_config(cfg: ModelConfig, src: MegaDFMSource, as_qwen3: bool) -> 
         "scheduler": dfm.scheduler if dfm else "polynomial",
         "scheduler_exponent": dfm.scheduler_exponent if dfm else 1.0,
         "source": dfm.source if dfm else "mask",
+        "mode": _dfm_mode(src),
+        "block_size": dfm.block_size if _dfm_mode(src) == "block" else None,
         "note": "defaults of megadfm.dfm.sampler_config.SamplerConfig; t = 0 is all masked, t = 1 is clean",
     }
     return out
+
+
+def _dfm_mode(src: MegaDFMSource) -> str:
+    """dfm.mode of the run (full without a run config: an init folder has never been trained in blocks)."""
+    return src.run_config.dfm.mode if src.run_config is not None else "full"
 
 
 README_FILE = "README.md"
@@ -204,6 +215,12 @@ def model_card(src: MegaDFMSource, generation: Dict[str, Any]) -> str:
                    f"\n**This model was trained with `dfm.source: {source}`; `diffusion_generate` implements the mask "
                    "source only, so sample it with megadfm's own sampler (tools/generate.py).**\n")
     step = f" (step {src.step})" if src.step is not None else ""
+    block_note = ("" if d.get("mode", "full") != "block" else
+                  f"\n**This is a block-diffusion model** (`dfm.mode: block`, config.json `dfm_mode` / `block_size`): "
+                  f"bidirectional inside blocks of {d['block_size']} tokens, causal across them. `diffusion_generate` "
+                  "decodes it in those blocks, left to right (methods `confidence` and `threshold`; `euler`, "
+                  "`cache=\"dual\"` and a `block_length` other than 0 or the block size are refused), and its "
+                  "`cache=\"prefix\"` is exact (the clean keys and values of finished blocks never change).\n")
     cfg = src.model_config
     attention = cfg.attention_mode
     return f"""# megadfm discrete flow-matching Qwen3 (`{hf_modeling.MODEL_TYPE}`)
@@ -214,7 +231,7 @@ modeling code in this folder imports only torch and transformers; load it with `
 t = 0 is all masked, t = 1 is clean; shift_logits = {d["shift_logits"]} (true: the output at position i
 predicts the token at i + 1); scheduler {d["scheduler"]} (exponent {d["scheduler_exponent"]}); mask token id
 {generation["mask_token_id"]}, whose logit is always -inf.
-{source_note}
+{source_note}{block_note}
 ## Load
 
 ```python
@@ -266,7 +283,8 @@ row's new tokens, cut before the first EOS), `out.finished`, `out.steps`, `out.n
 prefix and dual caches) run one full forward at a block's first step, keep every layer's K/V, and then
 recompute only the block (and, for `prefix`, everything after it), attending to the kept K/V of the other
 positions. Those K/V belong to the block's first step (its tokens and its t), so later steps differ from
-the full forward: faster, not exact. `cache="none"` is the exact sampler.
+the full forward: faster, not exact. `cache="none"` is the exact sampler. A block-diffusion model's
+`cache="prefix"` (`block_generation_megadfm.py`) is exact instead: its finished blocks never attend to later ones.
 """
 
 

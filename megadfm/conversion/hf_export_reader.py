@@ -1,7 +1,8 @@
 """Read a megadfm HF export (``tools/convert_megadfm_to_hf.py`` without ``--as-qwen3``) back into a
 Qwen3DFM, for evaluation and sampling: the export plan of the model's own names, inverted.
 
-The folder's ``config.json`` carries every exported ModelConfig field and ``shift_logits``; its
+The folder's ``config.json`` carries every exported ModelConfig field, ``shift_logits`` and the DFM mode
+(``dfm_mode``, ``block_size``; absent from folders exported before block diffusion: full mode); its
 ``generation_config.json`` carries the scheduler the model was trained with. Loading is strict.
 """
 
@@ -57,8 +58,9 @@ def load_hf_export(folder: str, **model_overrides: Any) -> Tuple["Qwen3DFM", Mod
     tree.update(model_overrides)
     cfg = build(ModelConfig, tree, "model", default_source=os.path.join(folder, CONFIG_JSON))
     sampler = _read_json(os.path.join(folder, GENERATION_CONFIG_JSON)).get("dfm_sampler", {})
+    block = {"mode": "block", "block_size": int(hf["block_size"])} if hf.get("dfm_mode", "full") == "block" else {}
     dfm = DFMConfig(shift_logits=bool(hf.get("shift_logits", True)), scheduler=sampler.get("scheduler", "polynomial"),
-                    scheduler_exponent=float(sampler.get("scheduler_exponent", 1.0)))
+                    scheduler_exponent=float(sampler.get("scheduler_exponent", 1.0)), **block)
     model = Qwen3DFM(cfg)
     plan = hf_export_plan({n: tuple(p.shape) for n, p in model.named_parameters()}, cfg)
     ours_of = {hf_name: ours for ours, hf_name in plan.rename.items()}

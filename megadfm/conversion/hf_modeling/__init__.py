@@ -5,8 +5,9 @@ megadfm. tools/convert_megadfm_to_hf.py copies them next to config.json and name
 ``auto_map``; tests import them from here to compare with megadfm's model.
 """
 
-# modeling_megadfm imports generation_megadfm (diffusion_generate) relatively, so transformers loads it from the folder
-CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py", "generation_megadfm.py")
+# modeling_megadfm imports generation_megadfm (diffusion_generate), which imports block_generation_megadfm (block
+# diffusion), relatively, so transformers loads them from the folder
+CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py", "generation_megadfm.py", "block_generation_megadfm.py")
 MODEL_TYPE = "megadfm_qwen3"
 AUTO_MAP = {
     "AutoConfig": "configuration_megadfm.MegaDFMQwen3Config",

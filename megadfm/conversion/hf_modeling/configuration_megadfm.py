@@ -18,6 +18,10 @@ class MegaDFMQwen3Config(PretrainedConfig):
         time_embedding_dim: width of the sinusoidal embedding of 1000*t.
         mask_token_id: id of <|mask|>; its logit is always -inf.
         shift_logits: the output at position i predicts token i+1 (true) or token i (false).
+        dfm_mode: "full" (bidirectional over the whole document) or "block" (block diffusion: bidirectional
+            inside blocks of ``block_size`` tokens, causal across them; diffusion_generate decodes block by block).
+        block_size: tokens per block with dfm_mode "block" (counted from the start of each row); None otherwise.
+            Folders exported before block diffusion have neither field: full mode.
     """
 
     model_type = "megadfm_qwen3"
@@ -26,7 +30,7 @@ class MegaDFMQwen3Config(PretrainedConfig):
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False,
                  initializer_range=0.02, attention_mode="bidirectional", time_conditioning="adaln",
-                 time_embedding_dim=256, mask_token_id=151669, shift_logits=True, **kwargs):
+                 time_embedding_dim=256, mask_token_id=151669, shift_logits=True, dfm_mode="full", block_size=None, **kwargs):
         if attention_mode not in ("bidirectional", "causal"):
             raise ValueError(f"attention_mode must be 'bidirectional' or 'causal', got {attention_mode!r}")
         if time_conditioning not in ("adaln", "adaln_single", "none"):
@@ -44,9 +48,17 @@ class MegaDFMQwen3Config(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self.attention_bias = attention_bias
         self.initializer_range = initializer_range
+        if dfm_mode not in ("full", "block"):
+            raise ValueError(f"dfm_mode must be 'full' or 'block', got {dfm_mode!r}")
+        if dfm_mode == "block" and not (isinstance(block_size, int) and block_size >= 1):
+            raise ValueError(f"block_size must be an int >= 1 with dfm_mode 'block', got {block_size!r}")
+        if dfm_mode == "full" and block_size is not None:
+            raise ValueError(f"block_size is for dfm_mode 'block'; with dfm_mode 'full' it must be None, got {block_size!r}")
         self.attention_mode = attention_mode
         self.time_conditioning = time_conditioning
         self.time_embedding_dim = time_embedding_dim
         self.mask_token_id = mask_token_id
         self.shift_logits = shift_logits
+        self.dfm_mode = dfm_mode
+        self.block_size = block_size
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

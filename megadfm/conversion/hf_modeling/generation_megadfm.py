@@ -25,6 +25,9 @@ column (``prefix``) or to the block's end (``dual``), attending to the stored K/
 columns. Those are the block's first step's K/V (its tokens and its t) and go stale as the block
 is decoded: an APPROXIMATION of the full forward (faster, not exact). :class:`CachedForward` has
 the rules in full.
+
+A block-diffusion model (``config.dfm_mode == "block"``) decodes in its own blocks, with the two-stream
+forward (``cache="none"``) or an exact prefix cache: block_generation_megadfm.py.
 """
 
 import math
@@ -34,6 +37,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
+
+from .block_generation_megadfm import block_plan, check_block_settings, make_block_forward, model_block_size
 
 METHODS = ("confidence", "threshold", "euler")
 BLOCK_METHODS = ("confidence", "threshold")  # the methods that decode in semi-autoregressive blocks
@@ -320,8 +325,9 @@ class CachedForward:
 # ---- the sampling state (megadfm/dfm/sampling/context.py) -----------------------------------------------
 
 class State:
-    def __init__(self, model, layout, settings, scheduler, mask_id, generator, forward):
+    def __init__(self, model, layout, settings, scheduler, mask_id, generator, forward, block_size=None):
         self.model, self.layout, self.s, self.scheduler = model, layout, settings, scheduler
+        self.block_size = block_size  # a block-diffusion model's blocks; None: full mode
         self.mask_id, self.generator, self.forward = mask_id, generator, forward
         self.x = layout.input_ids.clone()
         self.offset = layout.offset
@@ -345,6 +351,14 @@ class State:
 
     def any_active(self):
         return bool(self.active.any())
+
+    def blocks(self):
+        """The confidence and threshold methods' blocks, left to right, and how many hold new positions of each
+        row: ``block_length`` offsets of the new positions (0: one block), or a block model's own blocks."""
+        if self.block_size is not None:
+            return block_plan(self.layout, self.block_size)
+        size = self.s["block_length"] or self.layout.max_new_tokens
+        return block_bounds(self.layout.max_new_tokens, size), (self.layout.new_tokens + size - 1) // size
 
     def predict(self, rows, t, targets, block, confidence=None):
         hidden, target = self.forward.hidden_for(self.x, rows, t, targets, block)
@@ -460,9 +474,7 @@ def run_confidence(st):
 
     Row-local schedule: row b has ceil(n_b / block_length) blocks and max(1, steps // that) steps in each."""
     layout, s = st.layout, st.s
-    n_max = layout.max_new_tokens
-    size = s["block_length"] or n_max
-    blocks_per_row = (layout.new_tokens + size - 1) // size
+    blocks, blocks_per_row = st.blocks()
     row_steps = (s["steps"] // blocks_per_row).clamp(min=1)
     ratio_after = torch.zeros(layout.new_tokens.shape[0], int(row_steps.max()), dtype=torch.float64,
                               device=layout.new_tokens.device)
@@ -470,7 +482,7 @@ def run_confidence(st):
         ratio = st.scheduler.mask_ratio(time_grid(n, s["time_grid"], st.scheduler))[1:].to(ratio_after.device)
         ratio[-1] = 0.0
         ratio_after[row_steps == n, :n] = ratio
-    for block in block_bounds(n_max, size):
+    for block in blocks:
         block_size = (layout.generate & (st.offset >= block[0]) & (st.offset < block[1])).sum(dim=1).double()
         for k in range(ratio_after.shape[1]):
             still = block_masked(st, block).sum(dim=1)
@@ -504,7 +516,7 @@ def run_threshold(st):
     (at least one); ``steps`` bounds the steps per block, the last unmasks what remains."""
     s = st.s
     rule = threshold_rule(s["threshold_mode"], s["threshold"], s["threshold_factor"], s["confidence"])
-    for block in block_bounds(st.layout.max_new_tokens, s["block_length"]):
+    for block in st.blocks()[0]:
         for k in range(s["steps"]):
             last = k == s["steps"] - 1
             if not block_step(st, block, rule=(lambda values, candidates: candidates) if last else rule):
@@ -598,12 +610,14 @@ class MegaDFMGenerationMixin:
                 threshold: an upper bound per block.
             method: "confidence" | "threshold" | "euler".
             block_length: semi-autoregressive blocks of new positions (confidence, threshold); 0 = one block.
+                A block-diffusion model (config.dfm_mode "block") decodes in its own blocks: 0 or its block size.
             threshold, threshold_mode ("fixed" | "factor"), threshold_factor: the threshold method's rule.
             confidence: "probability" | "margin" | "entropy" (the block methods' ranking).
             temperature (0 = greedy), top_k (0 = off), top_p (1 = off): the token draw.
             eos_token_id: output stops before the first one; a row that has decoded it with no mask
                 before it stops running. Default: generation_config's eos_token_id; None: never stop.
-            cache: "none" (exact) | "prefix" | "dual" (Fast-dLLM's block K/V caches: approximate, faster).
+            cache: "none" (exact) | "prefix" | "dual" (Fast-dLLM's block K/V caches: approximate, faster). For a
+                block-diffusion model "prefix" is exact and "dual" is refused.
             seed: seeds the generator (on the model's device) unless ``generator`` is given.
             suffix_ids: per-row suffixes (a list of token lists or one list for every row; a LongTensor
                 [B, Ls]) for infilling: the new tokens go between prompt and suffix.
@@ -627,6 +641,9 @@ class MegaDFMGenerationMixin:
         if isinstance(s["eos_token_id"], (list, tuple)):
             raise ValueError(f"eos_token_id must be one id or None, got {s['eos_token_id']!r}")
         _check_settings(s)
+        block_size = model_block_size(self.config, defaults)  # None: full mode
+        if block_size is not None:
+            check_block_settings(s, block_size, BLOCK_METHODS)
         shift = bool(defaults.get("shift_logits", getattr(self.config, "shift_logits", True)))
         scheduler = make_scheduler(s["scheduler"], s["scheduler_exponent"])
         mask_id = int(self.config.mask_token_id)
@@ -667,8 +684,13 @@ class MegaDFMGenerationMixin:
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(int(seed))
         layout = Layout(prompts, counts, suffixes, mask_id, pad_id, shift, device)
-        forward = FullForward(self, layout, shift) if s["cache"] == "none" else CachedForward(self, layout, shift, s["cache"])
-        st = State(self, layout, s, scheduler, mask_id, generator, forward)
+        if block_size is not None:
+            forward = make_block_forward(self, layout, shift, block_size, s["cache"])
+        elif s["cache"] == "none":
+            forward = FullForward(self, layout, shift)
+        else:
+            forward = CachedForward(self, layout, shift, s["cache"])
+        st = State(self, layout, s, scheduler, mask_id, generator, forward, block_size)
         RUNNERS[s["method"]](st)
 
         # only an early EOS stop leaves masks (after the EOS); they become EOS so no mask is returned

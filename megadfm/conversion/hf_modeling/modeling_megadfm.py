@@ -14,9 +14,14 @@ is 1 - kappa(t) (kappa(t) = t for the linear scheduler). Attention is bidirectio
 ``config.attention_mode``); ``attention_mask`` marks real tokens (padding keys are never attended).
 Position ids default to 0..L-1 per row. With ``config.shift_logits`` the output at position i
 predicts the token at i + 1. The logit of ``config.mask_token_id`` is -inf.
+
+Block diffusion (``config.dfm_mode == "block"``, block_generation_megadfm.py) runs the backbone on the
+two-stream row ``[x_t ‖ x_0]`` with a time per token (``t`` [B, L]) and an explicit attention pattern
+(``attention_allowed`` bool [B, L, L], query x key), as megadfm's training forward does.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,16 @@ from .generation_megadfm import MegaDFMGenerationMixin
 
 N_MODULATIONS = 6  # shift, scale, gate for attention, then for the MLP
 TIME_SCALE = 1000.0  # t is embedded as 1000 * t
+
+
+class TokenTimes(NamedTuple):
+    """Time conditioning that differs between the tokens of a row (block diffusion's noisy block at its t, the
+    clean stream at t = 1): the conditioning of each distinct t and which one each token uses. As megadfm's
+    TokenTimes, the modulations are computed once per distinct t and indexed, so the matmuls (and their
+    rounding) are megadfm's."""
+
+    values: torch.Tensor  # [U, H] (adaln) or [U, 6, H] (adaln_single's shared modulation)
+    index: torch.Tensor  # long [B, L]: the row of ``values`` each token uses
 
 
 # ---- reference kernels (megadfm/model/kernels/*_torch) ------------------------------------------
@@ -75,17 +90,35 @@ def attention_mask_4d(attention_mask, batch_size, seq_len, causal, device):
     return allowed[:, None]
 
 
-def columns_mask(query_positions, key_positions, key_valid, causal):
+def explicit_mask(allowed, attention_mask, batch_size, seq_len, attention_mode, device):
+    """Bool [B, 1, L, L] from an explicit pattern ``allowed`` [B, L, L] (query x key) and the padding keys of
+    ``attention_mask``; a query always sees itself (as megadfm's dense mask, so no softmax row is all -inf)."""
+    if attention_mode != "bidirectional":
+        raise ValueError(f"attention_allowed (block diffusion's pattern) needs attention_mode bidirectional, got "
+                         f"{attention_mode!r}")
+    if tuple(allowed.shape) != (batch_size, seq_len, seq_len):
+        raise ValueError(f"attention_allowed has shape {tuple(allowed.shape)}, expected [B, L, L] = "
+                         f"[{batch_size}, {seq_len}, {seq_len}]")
+    mask = allowed.to(device=device, dtype=torch.bool)
+    if attention_mask is not None:
+        mask = mask & attention_mask.to(device=device, dtype=torch.bool)[:, None, :]
+    return (mask | torch.eye(seq_len, dtype=torch.bool, device=device))[:, None]
+
+
+def columns_mask(query_positions, key_positions, key_valid, causal, block_size=None):
     """Bool [B or 1, 1, Lq, Lk] for queries at ``query_positions`` over keys at ``key_positions`` (columns of
     one row), or None when every query sees every key. A query sees valid keys (``key_valid`` [B, Lk];
-    None: all), and with causal attention only keys at columns <= its own; it always sees its own column,
-    so a padding query's softmax row is never all -inf."""
-    if key_valid is None and not causal:
+    None: all), and with causal attention only keys at columns <= its own; with ``block_size`` (block
+    diffusion's clean stream) only keys of blocks <= its own; it always sees its own column, so a padding
+    query's softmax row is never all -inf."""
+    if key_valid is None and not causal and block_size is None:
         return None
     same = key_positions[None, :] == query_positions[:, None]
     allowed = torch.ones_like(same)[None] if key_valid is None else key_valid.to(torch.bool)[:, None, :]
     if causal:
         allowed = allowed & (key_positions[None, :] <= query_positions[:, None])[None]
+    if block_size is not None:
+        allowed = allowed & ((key_positions // block_size)[None, :] <= (query_positions // block_size)[:, None])[None]
     return (allowed | same[None])[:, None]
 
 
@@ -203,10 +236,19 @@ class MegaDFMBlock(nn.Module):
         if cond is None:
             x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, past, kv_out)
             return x + self.mlp(self.post_attention_layernorm(x))
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaln(cond).unbind(1)
-        x = x + (1 + gate_a[:, None, :]) * self.self_attn(self.input_layernorm(x, shift_a, scale_a), cos, sin, mask,
-                                                          past, kv_out)
-        return x + (1 + gate_m[:, None, :]) * self.mlp(self.post_attention_layernorm(x, shift_m, scale_m))
+        B, L, H = x.shape
+        if isinstance(cond, TokenTimes):
+            # one modulation per token: the tokens become B*L rows of length 1 for the modulated ops (megadfm's way)
+            mods = self.adaln(cond.values).index_select(0, cond.index.reshape(-1))
+            rows, back = (lambda y: y.reshape(B * L, 1, H)), (lambda y: y.reshape(B, L, H))
+        else:
+            mods = self.adaln(cond)
+            rows = back = (lambda y: y)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods.unbind(1)
+        h = back(self.input_layernorm(rows(x), shift_a, scale_a))
+        x = back(rows(x) + (1 + gate_a[:, None, :]) * rows(self.self_attn(h, cos, sin, mask, past, kv_out)))
+        h = self.post_attention_layernorm(rows(x), shift_m, scale_m)
+        return back(rows(x) + (1 + gate_m[:, None, :]) * self.mlp(h))
 
 
 class MegaDFMQwen3PreTrainedModel(PreTrainedModel):
@@ -251,7 +293,10 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None, **kwargs):
+    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None,
+                attention_allowed=None, **kwargs):
+        """``t``: [B], or [B, L] (a time per token); ``attention_allowed``: bool [B, L, L] (query x key), an explicit
+        pattern ANDed with ``attention_mask`` (block diffusion's two-stream mask; bidirectional models only)."""
         config = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
@@ -264,8 +309,11 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
             position_ids = torch.arange(L, device=input_ids.device).expand(B, L)
         x = self.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(position_ids, config.head_dim, config.rope_theta, x.dtype)
-        mask = attention_mask_4d(attention_mask, B, L, config.attention_mode == "causal", input_ids.device)
-        cond = self._time_condition(t, B)
+        if attention_allowed is None:
+            mask = attention_mask_4d(attention_mask, B, L, config.attention_mode == "causal", input_ids.device)
+        else:
+            mask = explicit_mask(attention_allowed, attention_mask, B, L, config.attention_mode, input_ids.device)
+        cond = self._time_condition(t, B, L)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cond)
         hidden = self.norm(x)
@@ -302,6 +350,15 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
         hidden, _ = self._run_columns(input_ids, t, columns, past, mask)
         return hidden
 
+    def forward_over_keys(self, input_ids, t, positions, past, key_positions, key_valid, block_size=None):
+        """(hidden [B, C, H], fresh per layer (k, v)) of ``input_ids`` [B, C] at ``positions`` [C], each layer
+        attending to ``past`` (per layer (k, v) [B, Hkv, P, D] or None) and its own fresh K/V, whose columns are
+        ``key_positions`` [P + C] (past first) and validity ``key_valid`` [B, P + C] (None: all real). With
+        ``block_size``, block-causally (block diffusion's clean stream: the prefill of its exact prefix cache,
+        block_generation_megadfm.py)."""
+        mask = columns_mask(positions, key_positions, key_valid, self.config.attention_mode == "causal", block_size)
+        return self._run_columns(input_ids, t, positions, past, mask)
+
     def _run_columns(self, input_ids, t, positions, past, mask):
         B, L = input_ids.shape
         if int(positions.max()) >= self.config.max_position_embeddings:
@@ -315,15 +372,21 @@ class MegaDFMQwen3Model(MegaDFMQwen3PreTrainedModel):
             x = layer(x, cos, sin, mask, cond, None if past is None else past[i], fresh)
         return self.norm(x), fresh
 
-    def _time_condition(self, t, batch_size):
+    def _time_condition(self, t, batch_size, seq_len=None):
+        """None, the conditioning of t [B], or (``seq_len`` given and t [B, L]) a :class:`TokenTimes`."""
         if self.time_embedding is None:
             return None
         if t is None:
             raise ValueError(f"time_conditioning={self.config.time_conditioning!r} needs t [B] in [0, 1] "
                              "(t = 1 is clean data; pass torch.ones(B) for unmasked input)")
         t = torch.as_tensor(t, device=self.embed_tokens.weight.device)
+        if seq_len is not None and t.dim() == 2 and t.shape == (batch_size, seq_len):
+            times, index = torch.unique(t, return_inverse=True)
+            c = self.time_embedding(times)
+            return TokenTimes(self.adaln_single(c) if self.adaln_single is not None else c, index)
         if t.shape != (batch_size,):
-            raise ValueError(f"t must have shape [B] = [{batch_size}], got {tuple(t.shape)}")
+            raise ValueError(f"t must have shape [B] = [{batch_size}]" + (f" (or [B, L] = [{batch_size}, {seq_len}], a time "
+                             "per token)" if seq_len is not None else "") + f", got {tuple(t.shape)}")
         c = self.time_embedding(t)
         return self.adaln_single(c) if self.adaln_single is not None else c
 
@@ -353,8 +416,10 @@ class MegaDFMQwen3ForMaskedLM(MegaDFMGenerationMixin, MegaDFMQwen3PreTrainedMode
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None, **kwargs):
-        hidden = self.model(input_ids, t=t, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    def forward(self, input_ids, t=None, attention_mask=None, position_ids=None, return_dict=None,
+                attention_allowed=None, **kwargs):
+        hidden = self.model(input_ids, t=t, attention_mask=attention_mask, position_ids=position_ids,
+                            attention_allowed=attention_allowed).last_hidden_state
         logits = F.linear(hidden, self.lm_head.weight).float()
         logits[..., self.config.mask_token_id] = float("-inf")
         if return_dict is False:
