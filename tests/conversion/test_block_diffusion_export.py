@@ -99,7 +99,7 @@ def test_the_export_records_the_mode_and_block_size(exports):
         _, _, dfm = load_hf_export(folder)  # megadfm reads an export back with its mode
         assert (dfm.mode, dfm.block_size if dfm.mode == "block" else None) == want, name
         assert dfm.shift_logits == run_cfg.dfm.shift_logits
-        for code in ("generation_megadfm.py", "block_generation_megadfm.py", "modeling_megadfm.py"):
+        for code in ("generation_megadfm.py", "block_generation_megadfm.py", "cache_generation_megadfm.py", "modeling_megadfm.py"):
             with open(os.path.join(folder, code)) as f:  # absolute imports: torch and transformers only
                 imports = {line.split()[1].split(".")[0] for line in f
                            if line.startswith(("import ", "from ")) and not line.startswith("from .")}

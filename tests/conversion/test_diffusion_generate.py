@@ -350,7 +350,7 @@ def test_bad_arguments_are_refused_naming_the_argument(exported):
 
 def test_the_export_ships_the_generation_code_and_a_model_card(exported):
     folder = next(iter(exported.values()))[2]
-    for code in ("generation_megadfm.py", "block_generation_megadfm.py"):  # the second: imported by the first
+    for code in ("generation_megadfm.py", "block_generation_megadfm.py", "cache_generation_megadfm.py"):  # imported by the first
         with open(os.path.join(folder, code)) as f:  # relative imports ("from .x") are the folder's own files
             imports = {line.split()[1].split(".")[0] for line in f
                        if line.startswith(("import ", "from ")) and not line.startswith("from .")}

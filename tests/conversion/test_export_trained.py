@@ -91,7 +91,7 @@ def test_exports_load_offline_and_match_megadfm(trained, tmp_path, qwen_tokenize
         assert ("ZeRO-0" if name == "zero0" else "zero_to_fp32") in meta["source"]["weights"]
         assert verify(out) == {}
         for f in ("config.json", "generation_config.json", "configuration_megadfm.py", "modeling_megadfm.py",
-                  "generation_megadfm.py", "block_generation_megadfm.py",
+                  "generation_megadfm.py", "block_generation_megadfm.py", "cache_generation_megadfm.py",
                   "tokenizer.json", METADATA_FILE):
             assert os.path.isfile(os.path.join(out, f)), f
         assert os.path.isfile(os.path.join(out, "model.safetensors.index.json")) == (name == "zero3")

@@ -6,8 +6,10 @@ megadfm. tools/convert_megadfm_to_hf.py copies them next to config.json and name
 """
 
 # modeling_megadfm imports generation_megadfm (diffusion_generate), which imports block_generation_megadfm (block
-# diffusion), relatively, so transformers loads them from the folder
-CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py", "generation_megadfm.py", "block_generation_megadfm.py")
+# diffusion) and cache_generation_megadfm (full DFM's prefix / dual caches), relatively, so transformers loads them
+# from the folder
+CODE_FILES = ("configuration_megadfm.py", "modeling_megadfm.py", "generation_megadfm.py", "block_generation_megadfm.py",
+              "cache_generation_megadfm.py")
 MODEL_TYPE = "megadfm_qwen3"
 AUTO_MAP = {
     "AutoConfig": "configuration_megadfm.MegaDFMQwen3Config",
