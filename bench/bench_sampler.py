@@ -184,6 +184,34 @@ def load(args: argparse.Namespace, device: torch.device) -> Tuple[Qwen3DFM, DFMC
     return model, run_cfg.dfm, load_tokenizer(run_cfg.data.tokenizer, mask_token_id=run_cfg.model.mask_token_id)
 
 
+def head_draw_times(model, positions: int, repeats: int = 15) -> Dict[str, Summary]:
+    """Seconds of one greedy draw with probability confidence over ``positions`` hidden states: the head plus the
+    softmax path (softmax, argmax, gather: what a step did before) and plus the fast path (max, logsumexp)."""
+    import torch
+
+    from megadfm.dfm.logits_processing import confidence_scores, greedy_with_confidence, sample_from_logits
+
+    hidden = torch.randn(positions, model.cfg.hidden_size, generator=torch.Generator().manual_seed(1),
+                         device=next(model.parameters()).device)
+
+    def softmax_path():
+        logits = model.logits(hidden)
+        tokens, probs = sample_from_logits(logits, 0.0, 0, 1.0, None)
+        return confidence_scores(probs, tokens, "probability")
+
+    def fast_path():
+        return greedy_with_confidence(model.logits(hidden), "probability")[1]
+
+    times: Dict[str, List[float]] = {"softmax_path": [], "fast_path": []}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, fn in (("softmax_path", softmax_path), ("fast_path", fast_path)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: summarize(values) for name, values in times.items()}
+
+
 def main() -> int:
     """Time the AR baseline and every DFM setting per batch size; print the table and write the JSON line."""
     args = parse_args()
@@ -239,6 +267,14 @@ def main() -> int:
             print(f"{bsz:>5} {name:<22} {out.steps:>5} {f'{out.nfe_full}/{out.nfe_block}':>14} "
                   f"{results[key]['tokens_per_s'].median:>9.1f} {ratios[-1].value:>6.2f} {facts[key]['agreement']:>6.3f}",
                   flush=True)
+    # the greedy draw alone, over one block of masked positions: the fast path against the softmax path it replaced
+    draw = head_draw_times(dfm_model, args.block_length)
+    results["draw/softmax_path"] = {"seconds": draw["softmax_path"]}
+    results["draw/fast_path"] = {"seconds": draw["fast_path"]}
+    ratios.append(ratio("draw: fast path / softmax path (seconds)", results, "seconds", "draw/fast_path", "draw/softmax_path"))
+    print(f"# greedy draw over {args.block_length} positions (head + confidence): softmax path "
+          f"{draw['softmax_path'].median * 1e3:.2f} ms, fast path {draw['fast_path'].median * 1e3:.2f} ms "
+          f"(x{ratios[-1].value:.2f}; median of 15)")
     write_result(header, args, results, ratios, extra={"settings": facts, "new_tokens": new_tokens,
                                                        "weights": weights, "device": str(device)})
     return 0
