@@ -230,7 +230,12 @@ class Qwen3DFM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
-        if L > cfg.max_position_embeddings:
+        # what bounds the model is the largest position (rotary), not the row length: block diffusion's two-stream
+        # rows hold every position twice
+        if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= cfg.max_position_embeddings:
+            raise ValueError(f"position {int(position_ids.max())} exceeds model.max_position_embeddings="
+                             f"{cfg.max_position_embeddings}")
+        if position_ids is None and L > cfg.max_position_embeddings:
             raise ValueError(f"sequence length {L} exceeds model.max_position_embeddings={cfg.max_position_embeddings}")
         kernels = self.kernels_for(input_ids.device)
         anneal = self.attention_anneal if cfg.attention_mode == "bidirectional" else None

@@ -81,3 +81,13 @@ def test_block_mode_refuses_what_it_cannot_do():
                        (SamplerConfig(method="threshold", block_length=8), "block_length")):
         with pytest.raises(ValueError, match=match):
             generate(model, prompts()[:1], 4, cfg, BLOCK, pad_token_id=0)
+
+
+def test_the_two_stream_row_may_be_longer_than_the_position_table():
+    """The uncached forward runs 2L tokens at positions < L: only the positions are bounded by the model."""
+    model = tiny_model(seed=3, max_position_embeddings=24)
+    out = generate(model, [prompts()[2]], 10, SamplerConfig(method="threshold", temperature=0.0, eos_token_id=None),
+                   BLOCK, pad_token_id=0)  # 19 columns, 38 two-stream tokens
+    assert len(out.tokens[0]) == 10
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        generate(model, [prompts()[2]], 20, SamplerConfig(method="threshold", temperature=0.0), BLOCK, pad_token_id=0)
