@@ -194,7 +194,8 @@ def block_report(work: str, run_dirs: Dict[str, str], size: Dict[str, int]) -> s
                      sampler=block_comparison.SAMPLER, folder="eval_block")
     speed = block_comparison.sampling_speed(work, compared, size["speed_tokens"], size["speed_batches"], log)
     curves = {n: val_curves(n, d) for n, d in compared.items()}
-    headers, rows = block_comparison.table(curves, evals, speed, size["speed_batches"], _fmt, _pct)
+    completions = block_comparison.completion(work, compared, size["documents"], log)
+    headers, rows = block_comparison.table(curves, evals, speed, completions, size["speed_batches"], _fmt, _pct)
     table = markdown_table(headers, rows)
     print(table, flush=True)
     return (f"\n## Full vs block DFM (block size {block_comparison.BLOCK_SIZE}), same AR init and steps\n\n"

@@ -37,7 +37,7 @@ def test_miniature_runs_every_stage_and_writes_the_report(tmp_path, capsys, toke
         assert re.search(rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \|", report, re.M), report
     # the full-vs-block comparison: both runs with ELBO, infill and tokens/s at batch 1 and 2 against AR generate
     for name, mode in (("dfm_from_ar", "full"), ("dfm_from_ar_block", "block")):
-        assert re.search(rf"^\| {name} \| {mode} \| [0-9.]+ \| [0-9.]+ \| .+ \| [0-9.]+ \([0-9.]+x, \d+ steps\) \| "
+        assert re.search(rf"^\| {name} \| {mode} \| [0-9.]+ \| [0-9.]+ \| .+ \| [01]\.\d{{3}} \| [0-9.]+ \([0-9.]+x, \d+ steps\) \| "
                          rf"[0-9.]+ \([0-9.]+x, \d+ steps\) \|$", report, re.M), report
     page = open(os.path.join(work, "report.html"), encoding="utf-8").read()
     assert page.count('class="run-line" data-run="dfm_scratch"') >= 2  # the loss chart and the bucket charts
