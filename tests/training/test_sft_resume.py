@@ -11,7 +11,7 @@ import pytest
 
 from megadfm.data.stdlib_instructions import build, stdlib_root
 from tests.conftest import preprocess
-from tests.training.engine_helpers import assert_ok, run, step_records, tiny_config, write_config
+from tests.training.engine_helpers import interrupted_run_equals_reference, tiny_config
 
 K = 4  # steps before the interruption; the reference runs 2 * K
 SEQ_LEN = 160
@@ -44,18 +44,8 @@ def metrics(run_dir, kind):
 
 
 def test_sft_run_resumes_bitwise(tmp_path, sft_prefix, tokenizer_dir):
-    ref_dir, part_dir = str(tmp_path / "reference"), str(tmp_path / "part")
-    assert_ok(run(write_config(str(tmp_path / "ref.yaml"), sft_config(ref_dir, sft_prefix, tokenizer_dir, 0)), nproc=2))
-    part_path = write_config(str(tmp_path / "part.yaml"), sft_config(part_dir, sft_prefix, tokenizer_dir, K))
-    assert_ok(run(part_path, nproc=2, overrides=[f"training.exit_after_steps={K}"]))
-    resumed = run(part_path, nproc=2)
-    assert_ok(resumed)
-    assert "resumed from" in resumed.stdout and f"step {K}" in resumed.stdout
-    full, part = step_records(ref_dir), step_records(part_dir)
-    assert sorted(full) == sorted(part) == list(range(1, 2 * K + 1))
-    for s in full:
-        assert part[s]["batch_hash"] == full[s]["batch_hash"], s
-        assert part[s]["loss"] == full[s]["loss"], (s, part[s]["loss"], full[s]["loss"])  # bitwise on CPU
+    ref_dir, part_dir, _ = interrupted_run_equals_reference(
+        tmp_path, lambda run_dir, save: sft_config(run_dir, sft_prefix, tokenizer_dir, save), K)
     # the SFT telemetry: every logged step says how long its responses were, the same in both runs
     ref_train, part_train = metrics(ref_dir, "train"), metrics(part_dir, "train")
     assert [r["step"] for r in ref_train] == list(range(1, 2 * K + 1))
