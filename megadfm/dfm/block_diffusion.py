@@ -44,6 +44,7 @@ from megadfm.dfm.path import corrupt, maskable_positions
 from megadfm.dfm.schedulers import Scheduler
 from megadfm.dfm.shift import segment_starts
 from megadfm.dfm.time_sampling import max_time
+from megadfm.model.kernels.attention import segment_ids
 from megadfm.model.kernels.attention_pattern import TwoStreamBlockPattern
 from megadfm.tokens import PAD_TOKEN_ID
 
@@ -64,12 +65,6 @@ def document_blocks(position_ids: torch.Tensor, block_size: int) -> torch.Tensor
     if block_size < 1:
         raise ValueError(f"dfm.block_size must be >= 1, got {block_size}")
     return torch.div(position_ids.long(), block_size, rounding_mode="floor")
-
-
-def segment_ids(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
-    """long [B, L]: the segment (document or padding run) of each token, from the batch's ``cu_seqlens``."""
-    flat = torch.arange(batch_size * seq_len, device=cu_seqlens.device, dtype=torch.long)
-    return torch.searchsorted(cu_seqlens.long()[1:], flat, right=True).view(batch_size, seq_len)
 
 
 def two_stream_attention(segment: torch.Tensor, block: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,6 @@ class Qwen3DFM(nn.Module):
         self.adaln_single = AdaLNProjection(cfg.hidden_size, init) if cfg.time_conditioning == "adaln_single" else None
         self.activation_checkpointing = cfg.activation_checkpointing
         self._kernels: Dict[str, KernelSet] = {}
-        self._dense_mask_reasons: set = set()  # why attention fell back to a dense mask (logged once per reason)
         # set per step by the training's AttentionAnnealCallback while dfm.attention_anneal_steps lasts; None: the
         # model attends as attention_mode says (never saved: the step alone determines it)
         self.attention_anneal: Optional[AttentionAnneal] = None
@@ -253,7 +252,7 @@ class Qwen3DFM(nn.Module):
                 layout = AttentionLayout(B, L, input_ids.device, False, cu_seqlens, max_seqlen, attention_mask,
                                          allowed=attention_pattern.dense())
         elif anneal is not None:  # causal + a fraction of future keys: an explicit mask (megadfm/model/attention_anneal.py)
-            kernels = self._dense_mask_kernels(kernels, "attention annealing, while the anneal lasts")
+            kernels = self._annealing_kernels(kernels)
             layout = AttentionLayout(B, L, input_ids.device, True, cu_seqlens, max_seqlen, attention_mask,
                                      future_visible=anneal.future_visible(B, L, input_ids.device))
         else:
@@ -272,17 +271,15 @@ class Qwen3DFM(nn.Module):
                 x = layer(x, cos, sin, layout, kernels, cond)
         return self.norm(x, kernels)
 
-    def _dense_mask_kernels(self, kernels: KernelSet, why: str) -> KernelSet:
-        """The kernel set with torch's SDPA attention (an explicit mask; flash varlen takes none)."""
+    def _annealing_kernels(self, kernels: KernelSet) -> KernelSet:
+        """The kernel set with torch's SDPA attention (the annealing mask is explicit; flash varlen takes none)."""
         if not kernels.attention_is_varlen:
             return kernels
-        key = f"{kernels.device_type}:dense_mask"
+        key = f"{kernels.device_type}:annealing"
         if key not in self._kernels:
+            logger.info("attention annealing: torch SDPA with a dense mask instead of %s while the anneal lasts",
+                        kernels.chosen.get("attention", "the fused attention"))
             self._kernels[key] = dataclasses.replace(kernels, attention=attention_torch, attention_is_varlen=False)
-        if why not in self._dense_mask_reasons:
-            self._dense_mask_reasons.add(why)
-            logger.info("attention: torch SDPA with a dense mask instead of %s (%s)",
-                        kernels.chosen.get("attention", "the fused attention"), why)
         return self._kernels[key]
 
     def _pattern_kernels(self, kernels: KernelSet) -> KernelSet:

@@ -12,7 +12,8 @@ import torch
 from megadfm.config import ConfigError, load_config
 from megadfm.data.batch import position_ids_from_segments, segments_to_cu_seqlens
 from megadfm.dfm.ar_loss import ar_loss
-from megadfm.dfm.block_diffusion import (block_dfm_loss, block_times, document_blocks, prediction_sources, segment_ids,
+from megadfm.model.kernels.attention import segment_ids
+from megadfm.dfm.block_diffusion import (block_dfm_loss, block_times, document_blocks, prediction_sources,
                                          two_stream_attention)
 from megadfm.dfm.config import DFMConfig
 from megadfm.dfm.loss import dfm_loss

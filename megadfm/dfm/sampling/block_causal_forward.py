@@ -35,6 +35,12 @@ from megadfm.model.kernels.attention_pattern import TwoStreamBlockPattern
 from megadfm.model.kv_cache import KVCache
 
 
+def column_blocks(layout: GenerationLayout, block_size: int) -> torch.Tensor:
+    """long [B, L]: the model block of every column (one document per row, from column 0)."""
+    columns = torch.arange(layout.generate.shape[1], device=layout.generate.device)
+    return (columns // block_size)[None, :].expand_as(layout.generate)
+
+
 def block_index(layout: GenerationLayout, block: Block, block_size: int) -> int:
     """The absolute block k of a block-mode ``block`` (per-row offsets [B, 1], see SamplingContext.block_plan)."""
     start = block[0]
@@ -49,9 +55,7 @@ class BlockCausalForward:
     def __init__(self, model: torch.nn.Module, layout: GenerationLayout, shift: bool, block_size: int):
         self.model, self.layout, self.shift, self.block_size = model, layout, shift, block_size
         self.counts = ForwardCounts()
-        L = layout.generate.shape[1]
-        self.columns = torch.arange(L, device=layout.generate.device)
-        self.blocks = (self.columns // block_size)[None, :].expand_as(layout.generate)
+        self.blocks = column_blocks(layout, block_size)
         # padding is its own segment (no real token attends to it, as in training)
         self.segments = (~layout.batch["loss_mask"].bool()).long()
 
@@ -61,12 +65,13 @@ class BlockCausalForward:
         del block  # every column is recomputed
         sub = x.index_select(0, rows)
         R, L = sub.shape
-        positions = self.columns[None, :].expand(R, L)
+        positions = torch.arange(L, device=sub.device)[None, :].expand(R, L)
         blocks = self.blocks.index_select(0, rows)
         times = torch.cat([t.to(torch.float32)[:, None].expand(R, L), torch.ones(R, L, device=sub.device)], dim=1)
         pattern = TwoStreamBlockPattern(self.segments.index_select(0, rows), blocks)
-        hidden = self.model(torch.cat([sub, sub], dim=1), t=times if self.model.time_embedding is not None else None,
-                            position_ids=torch.cat([positions, positions], dim=1), attention_pattern=pattern)
+        # (a model without time conditioning ignores t)
+        hidden = self.model(torch.cat([sub, sub], dim=1), t=times, position_ids=torch.cat([positions, positions], dim=1),
+                            attention_pattern=pattern)
         self.counts.nfe_full += 1
         self.counts.rows += R
         source, target = prediction_sources(targets, blocks, self.layout.segment_start.index_select(0, rows), self.shift)
@@ -82,20 +87,19 @@ class BlockCacheForward:
                 raise TypeError(f"block-mode cache: prefix needs a model with {name} (megadfm's Qwen3DFM); use cache: none")
         self.model, self.layout, self.shift, self.block_size = model, layout, shift, block_size
         self.counts = ForwardCounts()
+        self.blocks = column_blocks(layout, block_size)
         self.valid = layout.batch["loss_mask"].bool()
         self.cache: Optional[KVCache] = None  # clean stream of columns [0, committed * block_size), every row
         self.committed = 0  # blocks in the cache
         self.last_clean: Optional[torch.Tensor] = None  # [B, H]: clean output at the cache's last column
 
-    def _clean_t(self, n: int, device) -> Optional[torch.Tensor]:
-        return torch.ones(n, device=device) if self.model.time_embedding is not None else None
-
     def _advance(self, x: torch.Tensor, k: int) -> None:
         """Bring the cache up to block k (columns < k * block_size): one prefill pass, then one commit per block."""
         B, L = x.shape
+        clean_t = torch.ones(B, device=x.device)  # (a model without time conditioning ignores t)
         if self.cache is None and k > 0:
             end = min(k * self.block_size, L)
-            hidden, cache = self.model.forward_with_cache(x[:, :end], self._clean_t(B, x.device),
+            hidden, cache = self.model.forward_with_cache(x[:, :end], clean_t,
                                                           attention_mask=self.valid[:, :end], block_size=self.block_size)
             self.counts.nfe_full += 1
             self.counts.rows += B
@@ -104,7 +108,7 @@ class BlockCacheForward:
             self.committed, self.last_clean = k, hidden[:, end - 1]
         while self.committed < k:  # commit finished blocks (clean tokens, t = 1), appending their K/V
             lo, hi = self.committed * self.block_size, min((self.committed + 1) * self.block_size, L)
-            hidden, self.cache = self.model.forward_block(x[:, lo:hi], self._clean_t(B, x.device), range(lo, hi),
+            hidden, self.cache = self.model.forward_block(x[:, lo:hi], clean_t, range(lo, hi),
                                                           self.cache, attention_mask=self.valid[:, lo:hi], append=True)
             self.counts.nfe_block += 1
             self.counts.rows += B
@@ -120,18 +124,16 @@ class BlockCacheForward:
         L = x.shape[1]
         lo, hi = k * self.block_size, min((k + 1) * self.block_size, L)
         sub = x.index_select(0, rows)
+        valid = self.valid.index_select(0, rows)[:, lo:hi]
         if self.cache is None:  # block 0: nothing before it, the block's columns alone
-            hidden = self.model(sub[:, lo:hi], t=t if self.model.time_embedding is not None else None,
-                                attention_mask=self.valid.index_select(0, rows)[:, lo:hi])
-            self.counts.nfe_block += 1
+            hidden = self.model(sub[:, lo:hi], t=t, attention_mask=valid)
         else:
             cache = self.cache if rows.numel() == x.shape[0] else _rows(self.cache, rows)
-            hidden = self.model.forward_block(sub[:, lo:hi], t if self.model.time_embedding is not None else None,
-                                              range(lo, hi), cache, attention_mask=self.valid.index_select(0, rows)[:, lo:hi])
-            self.counts.nfe_block += 1
+            hidden = self.model.forward_block(sub[:, lo:hi], t, range(lo, hi), cache, attention_mask=valid)
+        self.counts.nfe_block += 1
         self.counts.rows += int(rows.numel())
-        blocks = (torch.arange(L, device=x.device) // self.block_size)[None, :].expand(rows.numel(), L)
-        source, target = prediction_sources(targets, blocks, self.layout.segment_start.index_select(0, rows), self.shift)
+        source, target = prediction_sources(targets, self.blocks.index_select(0, rows),
+                                            self.layout.segment_start.index_select(0, rows), self.shift)
         row, col = source // (2 * L), source % (2 * L)
         if bool(((col < L) & ((col < lo) | (col >= hi))).any()) or bool(((col >= L) & (col - L != lo - 1)).any()):
             raise ValueError(f"a target is predicted from outside block {k}'s columns [{lo}, {hi}); the block samplers "

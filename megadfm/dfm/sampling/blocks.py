@@ -1,7 +1,8 @@
 """Semi-autoregressive blocks and one unmasking step inside a block (the confidence and threshold methods).
 
-The new positions are decoded left to right in blocks of ``block_length`` offsets (0: one block
-of all of them). :func:`block_step` is one step of one block, the only place those methods call
+The new positions are decoded left to right in the blocks of :meth:`SamplingContext.block_plan`
+(``block_length`` offsets, 0: one block of all of them; a block-diffusion model's own blocks in
+``dfm.mode: block``). :func:`block_step` is one step of one block, the only place those methods call
 the model (through ``ctx.forward``, the cache seam): it draws a token and a confidence at every
 still-masked position of the block in the rows that take part, keeps the most confident ``n_b``
 of row b (``n_b`` chosen by the method: a count fixed in advance, or a rule on the sorted
@@ -10,22 +11,27 @@ confidences) and then retires the rows that are done (EOS or complete, :class:`S
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 
 from megadfm.dfm.sampling.context import SamplingContext
-from megadfm.dfm.sampling.forward import Block, block_bounds  # noqa: F401 (block_bounds: re-exported)
+from megadfm.dfm.sampling.forward import Block
 from megadfm.dfm.sampling.steps import predict_tokens, write_rows
 
 # (confidences [R, K] sorted descending, -inf past the row's candidates; candidates [R]) -> how many to keep [R]
 CountRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def in_block(ctx: SamplingContext, block: Block) -> torch.Tensor:
+    """bool [B, L]: the columns whose offset lies in ``block`` (int bounds, or per-row [B, 1] ones)."""
+    a, b = block
+    return (ctx.offset >= a) & (ctx.offset < b)
+
+
 def block_masked(ctx: SamplingContext, block: Block) -> torch.Tensor:
     """bool [B, L]: still-masked new positions of ``block`` (rows with fewer new tokens have a smaller or empty one)."""
-    a, b = block
-    return ctx.masked() & (ctx.offset >= a) & (ctx.offset < b)
+    return ctx.masked() & in_block(ctx, block)
 
 
 def block_step(ctx: SamplingContext, block: Block, *, counts: Optional[torch.Tensor] = None,

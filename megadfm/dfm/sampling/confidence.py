@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from megadfm.dfm.sampling.blocks import block_masked, block_step
+from megadfm.dfm.sampling.blocks import block_masked, block_step, in_block
 from megadfm.dfm.sampling.context import SamplingContext
 from megadfm.dfm.sampling.registry import SAMPLER_METHODS
 from megadfm.dfm.sampling.steps import time_grid
@@ -28,7 +28,7 @@ def confidence(ctx: SamplingContext) -> None:
     blocks, blocks_per_row = ctx.block_plan()
     ratio_after = _ratio_after(ctx, blocks_per_row)  # [B, S_max]
     for block in blocks:
-        block_size = (layout.generate & (ctx.offset >= block[0]) & (ctx.offset < block[1])).sum(dim=1).double()
+        block_size = (layout.generate & in_block(ctx, block)).sum(dim=1).double()
         for s in range(ratio_after.shape[1]):
             still = block_masked(ctx, block).sum(dim=1)
             keep_masked = torch.round(block_size * ratio_after[:, s]).long()

@@ -103,8 +103,7 @@ class AttentionLayout:
         # segment id of every token; None when each row is one segment
         self.segment_ids = None
         if cu_seqlens is not None:
-            flat = torch.arange(total, device=device, dtype=cu_seqlens.dtype)
-            self.segment_ids = torch.searchsorted(cu_seqlens[1:], flat, right=True).view(batch_size, seq_len)
+            self.segment_ids = segment_ids(cu_seqlens, batch_size, seq_len)
         self.dense_mask: Optional[torch.Tensor] = None
         self.segment_lengths: Optional[List[int]] = None  # over the flattened B*L tokens
         self.segment_masks: Optional[List[Optional[torch.Tensor]]] = None
@@ -191,6 +190,12 @@ class AttentionLayout:
         counts = counts[counts > 0]
         new_cu = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
         return new_cu, int(counts.max()) if counts.numel() else 0, index
+
+
+def segment_ids(cu_seqlens: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+    """long [B, L]: the segment (document or padding run) of each token of a batch with these ``cu_seqlens``."""
+    flat = torch.arange(batch_size * seq_len, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens[1:], flat, right=True).view(batch_size, seq_len)
 
 
 def _check_cu_seqlens(cu: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:

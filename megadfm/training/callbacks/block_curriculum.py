@@ -27,6 +27,8 @@ class BlockCurriculumCallback(Callback):
     def _set(self, trainer: "Trainer", step: int) -> int:
         size = block_size_at(self.cfg, step)
         if trainer.module.dfm_cfg.block_size != size:
+            # the objective's config gets this step's size alone: the schedule lives here, and its later, larger
+            # sizes would fail the config's "size <= block_size" check against the smaller one
             trainer.module.dfm_cfg = dataclasses.replace(trainer.module.dfm_cfg, block_size=size, block_size_warmup=[])
         return size
 
