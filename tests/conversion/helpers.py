@@ -92,3 +92,28 @@ def tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def record_forward_calls(monkeypatch, sampler_module, seam: str = "make_forward"):
+    """Wrap the in-tree sampler's forward factory ``seam`` so that every ``hidden_for`` call is recorded as
+    (x, rows, t, targets, block, hidden, target, (nfe_full, nfe_block, rows) after the call), all cloned: the
+    replay tests run the same calls through the exported folder's forward. Returns (the list of calls, a
+    function that puts the real factory back)."""
+    calls: List[tuple] = []
+    real_make = getattr(sampler_module, seam)
+
+    def recording(*args, **kwargs):
+        forward = real_make(*args, **kwargs)
+        inner = forward.hidden_for
+
+        def hidden_for(x, rows, t, targets, block):
+            hidden, target = inner(x, rows, t, targets, block)
+            calls.append((x.clone(), rows.clone(), t.clone(), targets.clone(), block, hidden.clone(), target.clone(),
+                          (forward.counts.nfe_full, forward.counts.nfe_block, forward.counts.rows)))
+            return hidden, target
+
+        forward.hidden_for = hidden_for
+        return forward
+
+    monkeypatch.setattr(sampler_module, seam, recording)
+    return calls, lambda: monkeypatch.setattr(sampler_module, seam, real_make)

@@ -18,6 +18,7 @@ import sys
 import pytest
 import torch
 
+from tests.conversion.helpers import record_forward_calls
 from tests.conversion.test_diffusion_generate import EOD, _tiny_model, hf_kwargs
 
 BLOCK = 4
@@ -154,26 +155,10 @@ def test_every_block_forward_call_matches_the_in_tree_forward(exports, monkeypat
     import megadfm.dfm.sampler as sampler_module
 
     model, run_cfg, folder = exports[model_name]
-    calls = []
-    real_make = sampler_module.make_forward
-
-    def recording(*args, **kwargs):
-        forward = real_make(*args, **kwargs)
-        inner = forward.hidden_for
-
-        def hidden_for(x, rows, t, targets, block):
-            hidden, target = inner(x, rows, t, targets, block)
-            calls.append((x.clone(), rows.clone(), t.clone(), targets.clone(), block, hidden.clone(), target.clone(),
-                          (forward.counts.nfe_full, forward.counts.nfe_block, forward.counts.rows)))
-            return hidden, target
-
-        forward.hidden_for = hidden_for
-        return forward
-
-    monkeypatch.setattr(sampler_module, "make_forward", recording)
+    calls, restore = record_forward_calls(monkeypatch, sampler_module)
     prompts = _prompts()
     _in_tree(model, run_cfg, prompts, BUDGETS, dict(SAMPLERS["threshold"], cache=cache, eos_token_id=None))
-    monkeypatch.setattr(sampler_module, "make_forward", real_make)
+    restore()
     assert len(calls) >= 4
 
     hf = _load(folder)
